@@ -1,0 +1,1 @@
+//! Benchmarks for Petrel live in `benches/`.

@@ -1,0 +1,174 @@
+//! Topic name and topic filter rules (MQTT 5.0 section 4.7, 3.1.1 section 4.7), and the
+//! shared-subscription syntax (5.0 section 4.8.2).
+//!
+//! Topics are `/`-separated levels of UTF-8 text; every check here works on levels, never on
+//! byte offsets into a level, so multi-byte characters are handled like any other.
+
+use crate::error::DecodeError;
+
+/// The prefix that marks a shared subscription filter.
+pub const SHARED_PREFIX: &str = "$share/";
+
+/// Checks a PUBLISH or will topic name: non-empty [MQTT-4.7.3-1] and free of the wildcards
+/// `+` and `#` [MQTT-3.3.2-2]. (A v5 PUBLISH may have an empty name when it carries a topic
+/// alias; the PUBLISH decoder handles that case before calling this.)
+pub fn validate_topic_name(topic: &str) -> Result<(), DecodeError> {
+    if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
+        return Err(DecodeError::InvalidTopicName);
+    }
+    Ok(())
+}
+
+/// Checks a topic filter: non-empty [MQTT-4.7.3-1]; `#` only as the whole last level
+/// [MQTT-4.7.1-2]; `+` only as a whole level [MQTT-4.7.1-3]; and, for a filter that starts
+/// with `$share/`, a non-empty share name without wildcards followed by a valid filter
+/// [MQTT-4.8.2-1], [MQTT-4.8.2-2].
+pub fn validate_topic_filter(filter: &str) -> Result<(), DecodeError> {
+    let inner = match SharedFilter::parse(filter)? {
+        Some(shared) => shared.filter,
+        None => filter,
+    };
+    validate_plain_filter(inner)
+}
+
+fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
+    if filter.is_empty() {
+        return Err(DecodeError::InvalidTopicFilter);
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        let wildcard_ok = match level {
+            "#" => is_last,
+            "+" => true,
+            _ => !level.bytes().any(|b| b == b'+' || b == b'#'),
+        };
+        if !wildcard_ok {
+            return Err(DecodeError::InvalidTopicFilter);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a topic filter contains a wildcard level.
+pub fn has_wildcard(filter: &str) -> bool {
+    filter.bytes().any(|b| b == b'+' || b == b'#')
+}
+
+/// A `$share/{group}/{filter}` subscription split into its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SharedFilter<'a> {
+    /// The share name: the group whose members take turns receiving messages.
+    pub group: &'a str,
+    /// The filter the group subscribes to.
+    pub filter: &'a str,
+}
+
+impl<'a> SharedFilter<'a> {
+    /// Splits a shared-subscription filter; `Ok(None)` for a filter that is not shared.
+    ///
+    /// The share name must be non-empty and contain neither `+` nor `#` [MQTT-4.8.2-2], and a
+    /// `/` and a non-empty filter must follow it [MQTT-4.8.2-1].
+    pub fn parse(filter: &'a str) -> Result<Option<SharedFilter<'a>>, DecodeError> {
+        let Some(rest) = filter.strip_prefix(SHARED_PREFIX) else {
+            return Ok(None);
+        };
+        let (group, inner) = rest
+            .split_once('/')
+            .ok_or(DecodeError::InvalidTopicFilter)?;
+        if group.is_empty() || has_wildcard(group) || inner.is_empty() {
+            return Err(DecodeError::InvalidTopicFilter);
+        }
+        Ok(Some(SharedFilter {
+            group,
+            filter: inner,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in [
+            "a",
+            "/",
+            "a/b",
+            "sport/tennis/player1",
+            "$SYS/x",
+            "é/x",
+            " ",
+            "//",
+        ] {
+            assert_eq!(validate_topic_name(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["", "a/+", "#", "a+b", "sport/#"] {
+            assert_eq!(
+                validate_topic_name(bad),
+                Err(DecodeError::InvalidTopicName),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn topic_filters_from_the_specification() {
+        // Examples of section 4.7.1.
+        for ok in [
+            "sport/tennis/player1/#",
+            "sport/#",
+            "#",
+            "+",
+            "+/tennis/#",
+            "sport/+/player1",
+            "/+",
+            "+/+",
+            "sport/",
+            "$SYS/#",
+            "a//b",
+            "é/+/ü",
+            "$share/group/a/b",
+            "$share/g/#",
+            "$share/g//",
+        ] {
+            assert_eq!(validate_topic_filter(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "sport/tennis#",
+            "sport/tennis/#/ranking",
+            "sport+",
+            "#/",
+            "a/#/",
+            "$share/",
+            "$share/group",
+            "$share/group/",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g#/a",
+            "$share/g/a#",
+        ] {
+            assert_eq!(
+                validate_topic_filter(bad),
+                Err(DecodeError::InvalidTopicFilter),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_filters_split_at_the_first_level() {
+        assert_eq!(
+            SharedFilter::parse("$share/consumer1/sport/tennis/+"),
+            Ok(Some(SharedFilter {
+                group: "consumer1",
+                filter: "sport/tennis/+"
+            }))
+        );
+        assert_eq!(SharedFilter::parse("$SYS/x"), Ok(None));
+        assert_eq!(SharedFilter::parse("share/x/y"), Ok(None));
+    }
+}

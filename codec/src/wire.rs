@@ -1,0 +1,260 @@
+//! The specification's data representations (section 1.5): integers, variable byte integers,
+//! UTF-8 strings and binary data, as nom parsers over a complete packet body and as writes
+//! into a caller's buffer.
+
+use nom::bytes::complete::take;
+use nom::number::complete::{be_u16, be_u32, be_u8};
+use nom::Parser;
+
+use crate::error::{DecodeError, EncodeError};
+
+/// nom's result type with our error.
+pub(crate) type PResult<'a, T> = nom::IResult<&'a [u8], T, DecodeError>;
+
+/// The largest value a variable byte integer can hold.
+pub const VBI_MAX: u32 = 268_435_455;
+
+pub(crate) fn fail<T>(error: DecodeError) -> Result<T, nom::Err<DecodeError>> {
+    Err(nom::Err::Failure(error))
+}
+
+/// Turns a nom outcome into a plain one: with `complete` parsers over a whole body there is
+/// no `Incomplete`, and running out of input is [`DecodeError::UnexpectedEnd`].
+pub(crate) fn finish<T>(result: Result<T, nom::Err<DecodeError>>) -> Result<T, DecodeError> {
+    result.map_err(|err| match err {
+        nom::Err::Error(e) | nom::Err::Failure(e) => e,
+        nom::Err::Incomplete(_) => DecodeError::UnexpectedEnd,
+    })
+}
+
+pub(crate) fn u8_(input: &[u8]) -> PResult<'_, u8> {
+    be_u8(input)
+}
+
+pub(crate) fn u16_(input: &[u8]) -> PResult<'_, u16> {
+    be_u16(input)
+}
+
+pub(crate) fn u32_(input: &[u8]) -> PResult<'_, u32> {
+    be_u32(input)
+}
+
+/// Outcome of reading a variable byte integer from a possibly partial buffer.
+pub(crate) enum VbiRead {
+    /// The value and the number of bytes it took.
+    Value(u32, usize),
+    /// The buffer ends inside the integer.
+    Incomplete,
+}
+
+/// Reads a variable byte integer from the start of `input`, which may end early.
+pub(crate) fn read_vbi(input: &[u8]) -> Result<VbiRead, DecodeError> {
+    let mut value: u32 = 0;
+    for (index, &byte) in input.iter().take(4).enumerate() {
+        value |= u32::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            // A zero final byte after the first means a shorter encoding existed.
+            if index > 0 && byte == 0 {
+                return Err(DecodeError::MalformedVariableByteInteger);
+            }
+            return Ok(VbiRead::Value(value, index + 1));
+        }
+    }
+    if input.len() >= 4 {
+        Err(DecodeError::MalformedVariableByteInteger)
+    } else {
+        Ok(VbiRead::Incomplete)
+    }
+}
+
+pub(crate) fn vbi(input: &[u8]) -> PResult<'_, u32> {
+    match read_vbi(input) {
+        Ok(VbiRead::Value(value, len)) => Ok((&input[len..], value)),
+        Ok(VbiRead::Incomplete) => fail(DecodeError::UnexpectedEnd),
+        Err(e) => fail(e),
+    }
+}
+
+/// Binary data: a two-byte length, then that many bytes.
+pub(crate) fn binary(input: &[u8]) -> PResult<'_, &[u8]> {
+    let (input, len) = be_u16(input)?;
+    take(len).parse(input)
+}
+
+/// A UTF-8 encoded string: well formed and free of U+0000 [MQTT-1.5.4-1], [MQTT-1.5.4-2].
+pub(crate) fn utf8(input: &[u8]) -> PResult<'_, &str> {
+    let (rest, bytes) = binary(input)?;
+    match validate_utf8(bytes) {
+        Ok(s) => Ok((rest, s)),
+        Err(e) => fail(e),
+    }
+}
+
+/// Checks the specification's string rules. `core::str::from_utf8` already refuses surrogate
+/// code points and overlong forms; U+0000 is the one extra rule, and in UTF-8 it is the only
+/// character that contains a zero byte.
+pub(crate) fn validate_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let s = core::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    if bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    Ok(s)
+}
+
+/// The number of bytes a variable byte integer takes.
+pub const fn vbi_len(value: u32) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The encoded size of a string or binary field, checking the 65,535-byte limit.
+pub(crate) fn field_len(bytes: &[u8]) -> Result<usize, EncodeError> {
+    if bytes.len() > usize::from(u16::MAX) {
+        return Err(EncodeError::FieldTooLong);
+    }
+    Ok(2 + bytes.len())
+}
+
+/// A cursor over the caller's output buffer. Every write is checked, so a wrong size
+/// computation surfaces as an error, never a panic or an out-of-bounds write.
+pub(crate) struct Writer<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+}
+
+impl<'b> Writer<'b> {
+    pub(crate) fn new(buf: &'b mut [u8]) -> Self {
+        Writer { buf, pos: 0 }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let end = self.pos + bytes.len();
+        let required = end;
+        let dst = self
+            .buf
+            .get_mut(self.pos..end)
+            .ok_or(EncodeError::BufferTooSmall { required })?;
+        dst.copy_from_slice(bytes);
+        self.pos = end;
+        Ok(())
+    }
+
+    pub(crate) fn u8(&mut self, value: u8) -> Result<(), EncodeError> {
+        self.bytes(&[value])
+    }
+
+    pub(crate) fn u16(&mut self, value: u16) -> Result<(), EncodeError> {
+        self.bytes(&value.to_be_bytes())
+    }
+
+    pub(crate) fn u32(&mut self, value: u32) -> Result<(), EncodeError> {
+        self.bytes(&value.to_be_bytes())
+    }
+
+    pub(crate) fn vbi(&mut self, value: u32) -> Result<(), EncodeError> {
+        if value > VBI_MAX {
+            return Err(EncodeError::ValueTooLarge);
+        }
+        let mut rest = value;
+        loop {
+            let mut byte = (rest % 128) as u8;
+            rest /= 128;
+            if rest > 0 {
+                byte |= 0x80;
+            }
+            self.u8(byte)?;
+            if rest == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A string or binary field: two-byte length, then the bytes.
+    pub(crate) fn field(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let len = u16::try_from(bytes.len()).map_err(|_| EncodeError::FieldTooLong)?;
+        self.u16(len)?;
+        self.bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_vbi(value: u32) -> ([u8; 4], usize) {
+        let mut buf = [0u8; 4];
+        let mut w = Writer::new(&mut buf);
+        w.vbi(value).unwrap();
+        let len = w.position();
+        (buf, len)
+    }
+
+    #[test]
+    fn vbi_boundaries_from_the_specification_table() {
+        // MQTT 5.0 table 1-1 / 3.1.1 table 2.4.
+        let cases: &[(u32, &[u8])] = &[
+            (0, &[0x00]),
+            (127, &[0x7F]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xFF, 0x7F]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xFF, 0xFF, 0x7F]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+            (268_435_455, &[0xFF, 0xFF, 0xFF, 0x7F]),
+        ];
+        for &(value, bytes) in cases {
+            let (buf, len) = encode_vbi(value);
+            assert_eq!(&buf[..len], bytes, "encoding {value}");
+            assert_eq!(vbi_len(value), bytes.len());
+            match read_vbi(bytes).unwrap() {
+                VbiRead::Value(v, n) => assert_eq!((v, n), (value, bytes.len())),
+                VbiRead::Incomplete => panic!("complete integer read as incomplete"),
+            }
+        }
+    }
+
+    #[test]
+    fn vbi_rejects_five_bytes_and_non_minimal_forms() {
+        assert_eq!(
+            read_vbi(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]).err(),
+            Some(DecodeError::MalformedVariableByteInteger)
+        );
+        assert_eq!(
+            read_vbi(&[0x80, 0x00]).err(),
+            Some(DecodeError::MalformedVariableByteInteger)
+        );
+        assert!(matches!(read_vbi(&[0x80, 0x80]), Ok(VbiRead::Incomplete)));
+        assert!(matches!(read_vbi(&[]), Ok(VbiRead::Incomplete)));
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            Writer::new(&mut buf).vbi(VBI_MAX + 1),
+            Err(EncodeError::ValueTooLarge)
+        );
+    }
+
+    #[test]
+    fn strings_follow_the_utf8_rules() {
+        assert_eq!(validate_utf8(b"a/b").unwrap(), "a/b");
+        // U+0000 [MQTT-1.5.4-2]
+        assert_eq!(validate_utf8(b"a\0b"), Err(DecodeError::NullCharacter));
+        // An encoded surrogate (U+D800) is not UTF-8 [MQTT-1.5.4-1].
+        assert_eq!(
+            validate_utf8(&[0xED, 0xA0, 0x80]),
+            Err(DecodeError::InvalidUtf8)
+        );
+        // Overlong encoding of '/'.
+        assert_eq!(validate_utf8(&[0xC0, 0xAF]), Err(DecodeError::InvalidUtf8));
+        // The specification's example: U+FEFF is valid and must not be skipped [MQTT-1.5.4-3].
+        let (rest, s) = utf8(&[0x00, 0x03, 0xEF, 0xBB, 0xBF]).unwrap();
+        assert_eq!((rest, s), (&[][..], "\u{feff}"));
+        assert!(utf8(&[0x00, 0x05, b'a']).is_err());
+    }
+}
