@@ -32,6 +32,7 @@ impl FixedHeader {
 
 /// The outcome of a decode attempt on a buffer that may hold part of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // see `Packet`: no allocation on the decode path
 pub enum Decoded<'a> {
     /// A whole packet: it borrows from the buffer, and its first `len` bytes can be
     /// discarded once the packet is no longer needed.

@@ -17,8 +17,12 @@ const PROTOCOL_NAME: &str = "MQTT";
 const PROTOCOL_NAME_V31: &str = "MQIsdp";
 
 /// A control packet.
+///
+/// A CONNECT, with two property sets, is the largest variant; boxing it would cost an
+/// allocation on the decode path, which this codec never makes, so the size is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[allow(clippy::large_enum_variant)]
 pub enum Packet<'a> {
     /// Client request to connect.
     Connect(Connect<'a>),
