@@ -1,0 +1,29 @@
+//! `petrel-state`: every protocol decision of Petrel, as pure state machines.
+//!
+//! Nothing here does I/O, reads a clock or starts a thread. Bytes and the current
+//! [`Instant`] come in; bytes to send, events and the next deadline come out. The shape is
+//! quinn-proto's:
+//!
+//! - **inputs**: `handle_*` methods with `now`,
+//! - **commands**: what the application asks for (publish, subscribe, close, …),
+//! - **outputs**, drained after every input or command until empty: `poll_transmit` (bytes
+//!   into a caller-owned buffer), `poll_event`, and `poll_timeout` (when to call
+//!   `handle_timeout` next).
+//!
+//! The [`client`] module needs neither `std` nor a heap, so the same client runs on a
+//! microcontroller, in the proxy's upstream side and in the load generator.
+#![no_std]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod client;
+#[cfg(feature = "alloc")]
+pub mod message;
+#[cfg(feature = "alloc")]
+pub mod server;
+pub mod time;
+
+pub use time::{Duration, Instant};
