@@ -19,6 +19,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "alloc")]
+pub mod broker;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod message;

@@ -227,6 +227,11 @@ impl ServerConnection {
         }
     }
 
+    /// Whether the CONNECT asked for a clean start.
+    pub fn clean_start(&self) -> bool {
+        self.clean_start
+    }
+
     /// The keep-alive in force, in seconds (0: none).
     pub fn keep_alive(&self) -> u16 {
         self.keep_alive
@@ -307,10 +312,9 @@ impl ServerConnection {
     // Outputs
 
     /// Moves the bytes to send into `out` (swapping buffers when `out` is empty, so the
-    /// common case copies nothing), after refilling the in-flight window from the queue.
-    /// Returns the number of bytes added.
+    /// common case copies nothing), then refills the in-flight window from the session queue
+    /// for the next call. Returns the number of bytes added.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut BytesMut) -> usize {
-        self.pump(now);
         let n = self.tx.len();
         if out.is_empty() {
             core::mem::swap(out, &mut self.tx);
@@ -318,6 +322,10 @@ impl ServerConnection {
             out.extend_from_slice(&self.tx);
             self.tx.clear();
         }
+        // Refill for the next call: what the queue held back waited for this room. The
+        // bytes stay here until then, so a store can make the new in-flight state durable
+        // before they leave.
+        self.pump(now);
         n
     }
 
@@ -753,15 +761,20 @@ impl ServerConnection {
         self.request_response_information = props.request_response_information.unwrap_or(false);
         self.authentication_method = props.authentication_method.map(String::from);
         self.inbound_aliases = vec![None; usize::from(self.config.topic_alias_maximum)];
-        let will = connect.will.as_ref().map(|w| Will {
-            message: Message {
-                topic: Arc::from(w.topic),
-                payload: share(frame, w.payload),
-                qos: w.qos,
-                retain: w.retain,
-                properties: MessageProperties::from_properties(&w.properties, frame, now),
-            },
-            delay_interval: w.properties.will_delay_interval.unwrap_or(0),
+        let will = connect.will.as_ref().map(|w| {
+            let mut properties = MessageProperties::from_properties(&w.properties, frame, now);
+            properties.expires_at = None;
+            Will {
+                message: Message {
+                    topic: Arc::from(w.topic),
+                    payload: share(frame, w.payload),
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties,
+                },
+                delay_interval: w.properties.will_delay_interval.unwrap_or(0),
+                message_expiry_interval: w.properties.message_expiry_interval,
+            }
         });
         let request = ConnectRequest {
             version: connect.protocol_version,

@@ -69,10 +69,24 @@ pub struct ConnectRequest {
 /// A will message with its delay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will {
-    /// The message to publish.
+    /// The message to publish. Its expiry is not set: the will's lifetime starts when it is
+    /// published, see `message_expiry_interval`.
     pub message: Message,
     /// Seconds to wait after the connection ends before publishing it (5.0).
     pub delay_interval: u32,
+    /// The will's Message Expiry Interval, counted from its publication (5.0).
+    pub message_expiry_interval: Option<u32>,
+}
+
+impl Will {
+    /// The message as published at `now`, its expiry counted from then.
+    pub fn into_message(self, now: crate::time::Instant) -> Message {
+        let mut message = self.message;
+        message.properties.expires_at = self
+            .message_expiry_interval
+            .map(|secs| now + crate::time::Duration::from_secs(u64::from(secs)));
+        message
+    }
 }
 
 /// An AUTH packet from the client.

@@ -24,6 +24,9 @@ pub struct Delivery {
     pub retain: bool,
     /// The identifiers of every subscription of this client that matched [MQTT-3.3.4-3].
     pub subscription_ids: Vec<SubscriptionId>,
+    /// The shared subscription (`$share/{group}/{filter}`) that chose this client, if any:
+    /// the broker hands the message to another member if this client leaves.
+    pub shared_group: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -34,6 +37,7 @@ impl Delivery {
             retain: message.retain,
             message,
             subscription_ids: Vec::new(),
+            shared_group: None,
         }
     }
 }

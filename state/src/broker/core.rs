@@ -1,0 +1,1825 @@
+//! The broker core of one shard: connections, sessions, subscriptions, retained messages,
+//! wills, and the routing between them.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use bytes::BytesMut;
+use petrel_codec::topic::SharedFilter;
+use petrel_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId};
+
+use crate::message::Message;
+use crate::server::{
+    Accept, CloseInfo, ConnectRequest, Delivery, DeliveryOutcome, OutboundState, ServerConfig,
+    ServerConnection, ServerEvent, Session, SubscribeRequest, UnsubscribeRequest, Will,
+};
+use crate::time::{Duration, Instant};
+
+use super::hooks::{AuthDecision, ClientInfo, Hooks, Verdict};
+use super::retained_tree::TopicTree;
+use super::shard::{owner_shard, ShardMessage};
+use super::storage::{Durability, SessionRecord, Storage, StoredState, StoredSubscription};
+use super::trie::SubscriptionTrie;
+
+/// Identifies a connection of a broker; stale identifiers (of released connections) are
+/// recognised and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnectionId {
+    /// A number unique among the broker's open connections (slots are reused).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+/// How a shared subscription group picks the member for each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SharedPolicy {
+    /// Members take turns.
+    #[default]
+    RoundRobin,
+    /// The member with the fewest messages in flight and queued (among members on this
+    /// shard; members elsewhere take turns).
+    LeastLoaded,
+}
+
+/// Broker-wide settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// What every client connection allows and announces.
+    pub server: Arc<ServerConfig>,
+    /// This shard's number, from 0.
+    pub shard_index: u16,
+    /// How many shards share the broker's work (1: no sharding).
+    pub shard_count: u16,
+    /// How shared subscription groups pick members.
+    pub shared_policy: SharedPolicy,
+    /// Whether a 5.0 PUBACK / PUBREC says 0x10 "no matching subscribers" when nobody got
+    /// the message (the specification allows it; some clients log it as a warning).
+    pub report_no_subscribers: bool,
+    /// Prefix of the client identifiers the server assigns.
+    pub assigned_id_prefix: String,
+    /// The most retained messages kept; past it new retained topics are not stored.
+    pub max_retained: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            server: Arc::new(ServerConfig::default()),
+            shard_index: 0,
+            shard_count: 1,
+            shared_policy: SharedPolicy::RoundRobin,
+            report_no_subscribers: true,
+            assigned_id_prefix: String::from("petrel-"),
+            max_retained: 1_000_000,
+        }
+    }
+}
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrokerStats {
+    /// Connections accepted (CONNACK success) since start.
+    pub connections_accepted: u64,
+    /// Application messages accepted from clients and the inline client.
+    pub messages_received: u64,
+    /// Deliveries handed to sessions (sent, or queued for later).
+    pub deliveries: u64,
+    /// Deliveries dropped (queue full, too large, expired, buffer full).
+    pub deliveries_dropped: u64,
+    /// PUBLISH and SUBSCRIBE refusals by hooks.
+    pub refused: u64,
+    /// Will messages published.
+    pub wills_published: u64,
+    /// Sessions that expired.
+    pub sessions_expired: u64,
+}
+
+type SessionKey = u32;
+
+/// An acknowledgement waiting for the store: connection, packet identifier, reason.
+type HeldAck = (ConnectionId, PacketId, ReasonCode);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Connection(ConnectionId),
+    SessionExpiry(SessionKey),
+    Will(SessionKey),
+    RetainedSweep,
+}
+
+struct ConnState {
+    conn: ServerConnection,
+    session: Option<SessionKey>,
+    client_id: String,
+    username: Option<String>,
+    remote: Option<String>,
+    version: ProtocolVersion,
+    will: Option<Will>,
+    /// The CONNECT of an enhanced authentication exchange still under way.
+    pending_connect: Option<ConnectRequest>,
+    deadline: Option<Instant>,
+    /// Store batches not yet durable that cover bytes in this connection's buffer.
+    barrier: u32,
+    in_ready: bool,
+    closed: bool,
+}
+
+struct ConnSlot {
+    generation: u32,
+    state: Option<Box<ConnState>>,
+}
+
+struct SessionEntry {
+    client_id: String,
+    /// The session while no connection holds it.
+    detached: Option<Session>,
+    connection: Option<ConnectionId>,
+    subscriptions: BTreeMap<String, StoredSubscription>,
+    pending_will: Option<(Instant, Will)>,
+    expires_at: Option<Instant>,
+}
+
+struct SharedMember {
+    shard: u16,
+    client_id: String,
+    subscription: StoredSubscription,
+}
+
+struct SharedGroup {
+    filter: String,
+    members: Vec<SharedMember>,
+    cursor: usize,
+}
+
+/// What routing a message found, for the PUBACK reason and the hooks.
+struct RouteResult {
+    receivers: usize,
+}
+
+/// One shard of the broker. See the [module documentation](super).
+pub struct Broker {
+    config: BrokerConfig,
+    hooks: Box<dyn Hooks>,
+    storage: Box<dyn Storage>,
+    conns: Vec<ConnSlot>,
+    free_conns: Vec<u32>,
+    sessions: Vec<Option<SessionEntry>>,
+    free_sessions: Vec<SessionKey>,
+    by_client_id: BTreeMap<String, SessionKey>,
+    subscriptions: SubscriptionTrie<SessionKey, StoredSubscription>,
+    groups: BTreeMap<String, SharedGroup>,
+    group_ids: BTreeMap<String, u32>,
+    group_names: BTreeMap<u32, String>,
+    shared_trie: SubscriptionTrie<u32, ()>,
+    next_group_id: u32,
+    retained: TopicTree<Arc<Message>>,
+    remote_interest: SubscriptionTrie<u16, u32>,
+    local_interest: BTreeMap<String, u32>,
+    timers: BTreeSet<(Instant, Timer)>,
+    ready: VecDeque<ConnectionId>,
+    closing: VecDeque<ConnectionId>,
+    shard_out: VecDeque<(u16, ShardMessage)>,
+    held_acks: Vec<HeldAck>,
+    /// Per pending store batch: the acknowledgements it holds and the connections whose
+    /// bytes wait for it.
+    awaiting: BTreeMap<u64, (Vec<HeldAck>, Vec<ConnectionId>)>,
+    touched_sessions: BTreeSet<SessionKey>,
+    touched_conns: BTreeSet<ConnectionId>,
+    stats: BrokerStats,
+    retained_sweep_scheduled: bool,
+    next_assigned_id: u64,
+    scratch: Vec<(SessionKey, StoredSubscription)>,
+}
+
+impl core::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Broker")
+            .field("shard", &self.config.shard_index)
+            .field("sessions", &self.by_client_id.len())
+            .field("subscriptions", &self.subscriptions.len())
+            .field("retained", &self.retained.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker shard with the given hooks and store, and no state.
+    pub fn new(config: BrokerConfig, hooks: Box<dyn Hooks>, storage: Box<dyn Storage>) -> Self {
+        Broker {
+            config,
+            hooks,
+            storage,
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            by_client_id: BTreeMap::new(),
+            subscriptions: SubscriptionTrie::new(),
+            groups: BTreeMap::new(),
+            group_ids: BTreeMap::new(),
+            group_names: BTreeMap::new(),
+            shared_trie: SubscriptionTrie::new(),
+            next_group_id: 0,
+            retained: TopicTree::new(),
+            remote_interest: SubscriptionTrie::new(),
+            local_interest: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            ready: VecDeque::new(),
+            closing: VecDeque::new(),
+            shard_out: VecDeque::new(),
+            held_acks: Vec::new(),
+            awaiting: BTreeMap::new(),
+            touched_sessions: BTreeSet::new(),
+            touched_conns: BTreeSet::new(),
+            stats: BrokerStats::default(),
+            retained_sweep_scheduled: false,
+            next_assigned_id: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Loads what a store kept: sessions (detached, expiring from `now`), their
+    /// subscriptions and pending wills, and retained messages. Call before opening
+    /// connections.
+    pub fn restore(&mut self, now: Instant, state: StoredState) {
+        for message in state.retained {
+            if !message.is_expired(now) {
+                self.retained.insert(&message.topic, message.clone());
+            }
+        }
+        for record in state.sessions {
+            let mut session = record.session;
+            let client_id = session.client_id.clone();
+            if self.config.shard_count > 1
+                && owner_shard(&client_id, self.config.shard_count) != self.config.shard_index
+            {
+                continue;
+            }
+            // Everything in flight is re-sent when the client returns [MQTT-4.4.0-1].
+            session.expires_at = expiry_deadline(now, session.expiry_interval);
+            let key = self.insert_session(SessionEntry {
+                client_id: client_id.clone(),
+                detached: None,
+                connection: None,
+                subscriptions: BTreeMap::new(),
+                pending_will: record.pending_will.clone(),
+                expires_at: session.expires_at,
+            });
+            if let Some(at) = session.expires_at {
+                self.timers.insert((at, Timer::SessionExpiry(key)));
+            }
+            if let Some((at, _)) = &record.pending_will {
+                self.timers.insert((*at, Timer::Will(key)));
+            }
+            if let Some(entry) = self.sessions[key as usize].as_mut() {
+                entry.detached = Some(session);
+            }
+            for subscription in record.subscriptions {
+                self.add_subscription(key, &client_id, subscription);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connections
+
+    /// A new transport connection, waiting for CONNECT. `remote` is the peer's address as
+    /// the transport names it, for hooks and logs.
+    pub fn open(&mut self, now: Instant, remote: Option<&str>) -> ConnectionId {
+        let conn = ServerConnection::new(self.config.server.clone(), now);
+        let deadline = conn.poll_timeout();
+        let state = Box::new(ConnState {
+            conn,
+            session: None,
+            client_id: String::new(),
+            username: None,
+            remote: remote.map(String::from),
+            version: ProtocolVersion::V5,
+            will: None,
+            pending_connect: None,
+            deadline,
+            barrier: 0,
+            in_ready: false,
+            closed: false,
+        });
+        let id = match self.free_conns.pop() {
+            Some(index) => {
+                let slot = &mut self.conns[index as usize];
+                slot.state = Some(state);
+                ConnectionId {
+                    index,
+                    generation: slot.generation,
+                }
+            }
+            None => {
+                self.conns.push(ConnSlot {
+                    generation: 0,
+                    state: Some(state),
+                });
+                ConnectionId {
+                    index: (self.conns.len() - 1) as u32,
+                    generation: 0,
+                }
+            }
+        };
+        if let Some(at) = deadline {
+            self.timers.insert((at, Timer::Connection(id)));
+        }
+        id
+    }
+
+    fn conn_mut(&mut self, id: ConnectionId) -> Option<&mut ConnState> {
+        let slot = self.conns.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.state.as_deref_mut()
+    }
+
+    fn conn(&self, id: ConnectionId) -> Option<&ConnState> {
+        let slot = self.conns.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.state.as_deref()
+    }
+
+    /// Bytes read from a connection.
+    pub fn handle_bytes(&mut self, now: Instant, id: ConnectionId, data: &[u8]) {
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        state.conn.handle_bytes(now, data);
+        self.drain(now, id);
+        self.end_input(now);
+    }
+
+    /// The transport of a connection closed or failed.
+    pub fn connection_lost(&mut self, now: Instant, id: ConnectionId) {
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        state.conn.connection_lost(now);
+        self.drain(now, id);
+        self.end_input(now);
+    }
+
+    /// Whether the runtime should read from this connection now (backpressure).
+    pub fn wants_read(&self, id: ConnectionId) -> bool {
+        self.conn(id).is_some_and(|s| s.conn.wants_read())
+    }
+
+    /// Moves a connection's bytes to send into `out`; 0 while a store batch covering them
+    /// is not yet durable.
+    pub fn poll_transmit(&mut self, now: Instant, id: ConnectionId, out: &mut BytesMut) -> usize {
+        let Some(state) = self.conn_mut(id) else {
+            return 0;
+        };
+        state.in_ready = false;
+        if state.barrier > 0 {
+            return 0;
+        }
+        let before = state.conn.session().map(Session::inflight);
+        let n = state.conn.poll_transmit(now, out);
+        let after = state.conn.session().map(Session::inflight);
+        let refilled = state.conn.pending_transmit() > 0;
+        let session = state.session;
+        if refilled {
+            // The queue refilled the window: that new in-flight state is stored before the
+            // bytes go, like any other input's.
+            if before != after {
+                if let Some(key) = session {
+                    self.touched_sessions.insert(key);
+                }
+            }
+            self.touched_conns.insert(id);
+            self.end_input(now);
+        }
+        n
+    }
+
+    /// The next connection with bytes to send.
+    pub fn poll_ready(&mut self) -> Option<ConnectionId> {
+        while let Some(id) = self.ready.pop_front() {
+            if let Some(state) = self.conn_mut(id) {
+                state.in_ready = false;
+                if state.barrier == 0 && state.conn.pending_transmit() > 0 {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// The next connection that is over: send what [`Broker::poll_transmit`] still gives,
+    /// close the transport, then [`Broker::release`] it.
+    pub fn poll_closed(&mut self) -> Option<ConnectionId> {
+        self.closing.pop_front()
+    }
+
+    /// Forgets a closed connection; its identifier becomes stale.
+    pub fn release(&mut self, id: ConnectionId) {
+        let Some(slot) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.generation != id.generation || slot.state.is_none() {
+            return;
+        }
+        if slot.state.as_ref().is_some_and(|s| !s.closed) {
+            return;
+        }
+        slot.state = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_conns.push(id.index);
+    }
+
+    /// The number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.iter().filter(|s| s.state.is_some()).count()
+    }
+
+    /// The number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// The number of (non-shared) subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// The number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BrokerStats {
+        self.stats
+    }
+
+    /// The state of a session, as a store would save it.
+    pub fn session_record(&self, client_id: &str) -> Option<SessionRecord> {
+        let key = *self.by_client_id.get(client_id)?;
+        self.record_of(key)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Time
+
+    /// Handles every deadline that has passed: connection timeouts, session expiry, delayed
+    /// wills, retained message expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Connection(id) => {
+                    let Some(state) = self.conn_mut(id) else {
+                        continue;
+                    };
+                    if state.deadline != Some(at) {
+                        continue;
+                    }
+                    state.deadline = None;
+                    state.conn.handle_timeout(now);
+                    self.drain(now, id);
+                    self.touched_conns.insert(id);
+                }
+                Timer::SessionExpiry(key) => {
+                    let expired = self
+                        .sessions
+                        .get(key as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| e.connection.is_none() && e.expires_at == Some(at));
+                    if expired {
+                        self.stats.sessions_expired += 1;
+                        if let Some(entry) = self.sessions[key as usize].as_ref() {
+                            self.hooks.on_session_expired(&entry.client_id);
+                        }
+                        self.end_session(now, key);
+                    }
+                }
+                Timer::Will(key) => {
+                    let due = self
+                        .sessions
+                        .get_mut(key as usize)
+                        .and_then(Option::as_mut)
+                        .and_then(|e| match &e.pending_will {
+                            Some((when, _)) if *when == at => e.pending_will.take(),
+                            _ => None,
+                        });
+                    if let Some((_, will)) = due {
+                        self.touched_sessions.insert(key);
+                        let client_id = self.sessions[key as usize]
+                            .as_ref()
+                            .map(|e| e.client_id.clone())
+                            .unwrap_or_default();
+                        self.publish_will(now, &client_id, will);
+                    }
+                }
+                Timer::RetainedSweep => {
+                    self.retained_sweep_scheduled = false;
+                    let mut expired = Vec::new();
+                    self.retained.retain(|m| {
+                        let keep = !m.is_expired(now);
+                        if !keep {
+                            expired.push(String::from(&*m.topic));
+                        }
+                        keep
+                    });
+                    for topic in expired {
+                        self.storage.set_retained(&topic, None);
+                    }
+                    if !self.retained.is_empty() {
+                        self.schedule_retained_sweep(now);
+                    }
+                }
+            }
+        }
+        self.end_input(now);
+    }
+
+    /// The earliest deadline, for [`Broker::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Expired retained messages are also skipped when read; the sweep returns their memory.
+    fn schedule_retained_sweep(&mut self, now: Instant) {
+        if !self.retained_sweep_scheduled {
+            self.retained_sweep_scheduled = true;
+            self.timers
+                .insert((now + Duration::from_secs(60), Timer::RetainedSweep));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The inline client, shards and the store
+
+    /// Publishes a message from the embedding program (the inline client), as if a client
+    /// had. Returns how many sessions it was delivered or queued to.
+    pub fn publish(&mut self, now: Instant, message: Message) -> usize {
+        self.stats.messages_received += 1;
+        let message = Arc::new(message);
+        self.apply_retain(now, &message, true);
+        let result = self.route(now, &message, None, true);
+        self.hooks.on_published(None, &message, result.receivers);
+        self.end_input(now);
+        result.receivers
+    }
+
+    /// A message from another shard.
+    pub fn handle_shard_message(&mut self, now: Instant, message: ShardMessage) {
+        match message {
+            ShardMessage::Publish(message) => {
+                self.route(now, &message, None, false);
+            }
+            ShardMessage::Interest { shard, filter, add } => {
+                let count = self
+                    .remote_interest
+                    .get(&filter, &shard)
+                    .copied()
+                    .unwrap_or(0);
+                if add {
+                    self.remote_interest.insert(&filter, shard, count + 1);
+                } else if count <= 1 {
+                    self.remote_interest.remove(&filter, &shard);
+                } else {
+                    self.remote_interest.insert(&filter, shard, count - 1);
+                }
+            }
+            ShardMessage::SharedMember {
+                shared_filter,
+                shard,
+                client_id,
+                subscription,
+                add,
+            } => {
+                if add {
+                    self.add_shared_member(&shared_filter, shard, &client_id, subscription);
+                } else {
+                    self.remove_shared_member(&shared_filter, shard, &client_id);
+                }
+            }
+            ShardMessage::SharedDeliver {
+                shared_filter,
+                client_id,
+                message,
+            } => {
+                if let Some(&key) = self.by_client_id.get(&client_id) {
+                    let subscription = self.sessions[key as usize]
+                        .as_ref()
+                        .and_then(|e| e.subscriptions.get(&shared_filter).cloned());
+                    if let Some(subscription) = subscription {
+                        let delivery = make_delivery(
+                            &message,
+                            subscription.options.qos,
+                            subscription.options.retain_as_published,
+                            subscription
+                                .identifier
+                                .into_iter()
+                                .map(SubscriptionId)
+                                .collect(),
+                            Some(Arc::from(shared_filter.as_str())),
+                        );
+                        self.deliver_to_session(now, key, delivery);
+                    }
+                }
+            }
+            ShardMessage::Retained { topic, message } => match message {
+                Some(message) => {
+                    self.retained.insert(&topic, message);
+                    self.schedule_retained_sweep(now);
+                }
+                None => {
+                    self.retained.remove(&topic);
+                }
+            },
+        }
+        self.end_input(now);
+    }
+
+    /// The next message for another shard: `(target shard, message)`.
+    pub fn poll_shard_message(&mut self) -> Option<(u16, ShardMessage)> {
+        self.shard_out.pop_front()
+    }
+
+    /// A store batch answered [`Durability::Pending`] has become durable: the
+    /// acknowledgements and bytes it held back go out.
+    pub fn storage_committed(&mut self, now: Instant, token: u64) {
+        let Some((acks, conns)) = self.awaiting.remove(&token) else {
+            return;
+        };
+        for id in conns {
+            if let Some(state) = self.conn_mut(id) {
+                state.barrier = state.barrier.saturating_sub(1);
+            }
+            self.touched_conns.insert(id);
+        }
+        for (id, packet_id, reason) in acks {
+            if let Some(state) = self.conn_mut(id) {
+                let _ = state.conn.complete_publish(now, packet_id, reason);
+            }
+            self.touched_conns.insert(id);
+        }
+        self.mark_ready();
+    }
+
+    /// Tells every client the server is going away (DISCONNECT 0x8B to 5.0 clients) and
+    /// closes every connection; wills are published, sessions kept per their expiry.
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnectionId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state.as_ref().is_some_and(|c| !c.closed))
+            .map(|(index, s)| ConnectionId {
+                index: index as u32,
+                generation: s.generation,
+            })
+            .collect();
+        for id in ids {
+            if let Some(state) = self.conn_mut(id) {
+                state.conn.close(now, ReasonCode::ServerShuttingDown);
+            }
+            self.drain(now, id);
+        }
+        self.end_input(now);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Event handling
+
+    /// Handles every event a connection produced.
+    fn drain(&mut self, now: Instant, id: ConnectionId) {
+        self.touched_conns.insert(id);
+        loop {
+            let Some(state) = self.conn_mut(id) else {
+                return;
+            };
+            let Some(event) = state.conn.poll_event() else {
+                return;
+            };
+            let session = state.session;
+            if let Some(key) = session {
+                self.touched_sessions.insert(key);
+            }
+            match event {
+                ServerEvent::Connect(request) => self.on_connect(now, id, request),
+                ServerEvent::Auth(request) => self.on_auth(now, id, &request),
+                ServerEvent::Publish(publish) => {
+                    self.on_publish(now, id, publish.packet_id, publish.message)
+                }
+                ServerEvent::Subscribe(request) => self.on_subscribe(now, id, request),
+                ServerEvent::Unsubscribe(request) => self.on_unsubscribe(now, id, request),
+                ServerEvent::Delivered { .. } => {}
+                ServerEvent::Closed(info) => self.on_closed(now, id, &info),
+            }
+        }
+    }
+
+    /// Calls a hook about the client of connection `id`.
+    fn hook<R>(
+        &mut self,
+        id: ConnectionId,
+        f: impl FnOnce(&mut dyn Hooks, &ClientInfo<'_>) -> R,
+    ) -> Option<R> {
+        let slot = self.conns.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let state = slot.state.as_deref()?;
+        let info = Self::client_info(state, id);
+        Some(f(self.hooks.as_mut(), &info))
+    }
+
+    fn client_info(state: &ConnState, id: ConnectionId) -> ClientInfo<'_> {
+        ClientInfo {
+            connection: id,
+            client_id: &state.client_id,
+            username: state.username.as_deref(),
+            version: state.version,
+            remote: state.remote.as_deref(),
+        }
+    }
+
+    fn on_connect(&mut self, now: Instant, id: ConnectionId, request: ConnectRequest) {
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        state.client_id.clone_from(&request.client_id);
+        state.username.clone_from(&request.username);
+        state.version = request.version;
+        state.will.clone_from(&request.will);
+        let Some(decision) = self.hook(id, |hooks, info| hooks.on_connect(info, &request)) else {
+            return;
+        };
+        match decision {
+            AuthDecision::Accept(data) => self.admit(now, id, &request, data),
+            AuthDecision::Continue(data) => {
+                if let Some(state) = self.conn_mut(id) {
+                    if state.conn.auth_continue(now, &data).is_err() {
+                        let _ = state.conn.reject(now, ReasonCode::BadAuthenticationMethod);
+                    } else {
+                        state.pending_connect = Some(request);
+                    }
+                }
+            }
+            AuthDecision::Reject(reason) => {
+                if let Some(state) = self.conn_mut(id) {
+                    let _ = state.conn.reject(now, reason);
+                }
+            }
+        }
+    }
+
+    fn on_auth(&mut self, now: Instant, id: ConnectionId, request: &crate::server::AuthRequest) {
+        let Some(decision) = self.hook(id, |hooks, info| hooks.on_auth(info, request)) else {
+            return;
+        };
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        let connected = state.conn.is_connected();
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        match decision {
+            AuthDecision::Continue(data) => {
+                let _ = state.conn.auth_continue(now, &data);
+            }
+            AuthDecision::Accept(data) if connected => {
+                let _ = state.conn.auth_success(now, data.as_deref());
+            }
+            AuthDecision::Accept(data) => {
+                // The last step of the exchange that began with CONNECT.
+                match state.pending_connect.take() {
+                    Some(request) => self.admit(now, id, &request, data),
+                    None => {
+                        let _ = state.conn.reject(now, ReasonCode::ProtocolError);
+                    }
+                }
+            }
+            AuthDecision::Reject(reason) if connected => state.conn.close(now, reason),
+            AuthDecision::Reject(reason) => {
+                let _ = state.conn.reject(now, reason);
+            }
+        }
+    }
+
+    /// Finds or creates the session and accepts the connection.
+    fn admit(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        request: &ConnectRequest,
+        auth_data: Option<bytes::Bytes>,
+    ) {
+        let mut client_id = request.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            client_id = self.assign_client_id();
+            assigned = Some(client_id.clone());
+        }
+        // Takeover [MQTT-3.1.4-3]: the older connection is told and closed first, so its
+        // session is detached when the new one takes it.
+        if let Some(&key) = self.by_client_id.get(&client_id) {
+            if let Some(old) = self.sessions[key as usize]
+                .as_ref()
+                .and_then(|e| e.connection)
+            {
+                if old != id {
+                    if let Some(state) = self.conn_mut(old) {
+                        state.conn.close(now, ReasonCode::SessionTakenOver);
+                    }
+                    self.drain(now, old);
+                }
+            }
+        }
+        let existing = self.by_client_id.get(&client_id).copied();
+        let (key, session, session_present) = match existing {
+            Some(key) if !request.clean_start => {
+                let entry = self.sessions[key as usize].as_mut();
+                let session = entry.and_then(|e| {
+                    // A new connection to the session cancels a will still waiting for its
+                    // delay [MQTT-3.1.3-9].
+                    e.pending_will = None;
+                    e.expires_at = None;
+                    e.detached.take()
+                });
+                match session {
+                    Some(session) => (key, session, true),
+                    None => (key, Session::new(client_id.clone(), 0), false),
+                }
+            }
+            Some(key) => {
+                // Clean start discards the old session and its subscriptions
+                // [MQTT-3.1.2-4].
+                if let Some(entry) = self.sessions[key as usize].as_mut() {
+                    entry.pending_will = None;
+                }
+                self.end_session(now, key);
+                let key = self.new_session_entry(&client_id);
+                (key, Session::new(client_id.clone(), 0), false)
+            }
+            None => {
+                let key = self.new_session_entry(&client_id);
+                (key, Session::new(client_id.clone(), 0), false)
+            }
+        };
+        if let Some(entry) = self.sessions[key as usize].as_mut() {
+            entry.connection = Some(id);
+            entry.expires_at = None;
+        }
+        self.touched_sessions.insert(key);
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        state.session = Some(key);
+        state.client_id.clone_from(&client_id);
+        let accepted = state.conn.accept(
+            now,
+            Accept {
+                session,
+                session_present,
+                assigned_client_id: assigned,
+                authentication_data: auth_data,
+            },
+        );
+        if accepted.is_ok() {
+            self.stats.connections_accepted += 1;
+            self.hook(id, |hooks, info| hooks.on_connected(info, session_present));
+        }
+        // Packets the client pipelined behind CONNECT were handled by `accept`.
+        self.drain(now, id);
+    }
+
+    fn assign_client_id(&mut self) -> String {
+        loop {
+            self.next_assigned_id += 1;
+            let id = format!(
+                "{}{}-{}",
+                self.config.assigned_id_prefix, self.config.shard_index, self.next_assigned_id
+            );
+            let local = self.config.shard_count <= 1
+                || owner_shard(&id, self.config.shard_count) == self.config.shard_index;
+            if local && !self.by_client_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn new_session_entry(&mut self, client_id: &str) -> SessionKey {
+        self.insert_session(SessionEntry {
+            client_id: String::from(client_id),
+            detached: None,
+            connection: None,
+            subscriptions: BTreeMap::new(),
+            pending_will: None,
+            expires_at: None,
+        })
+    }
+
+    fn insert_session(&mut self, entry: SessionEntry) -> SessionKey {
+        let client_id = entry.client_id.clone();
+        let key = match self.free_sessions.pop() {
+            Some(key) => {
+                self.sessions[key as usize] = Some(entry);
+                key
+            }
+            None => {
+                self.sessions.push(Some(entry));
+                (self.sessions.len() - 1) as SessionKey
+            }
+        };
+        self.by_client_id.insert(client_id, key);
+        key
+    }
+
+    fn on_publish(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        packet_id: Option<PacketId>,
+        mut message: Message,
+    ) {
+        let Some(publisher) = self.conn(id).map(|state| state.session) else {
+            return;
+        };
+        let Some(verdict) = self.hook(id, |hooks, info| {
+            hooks.authorize_publish(info, &mut message)
+        }) else {
+            return;
+        };
+        if let Verdict::Deny(reason) = verdict {
+            self.stats.refused += 1;
+            if let Some(packet_id) = packet_id {
+                // Refusals go out with the batch like any acknowledgement.
+                self.held_acks.push((id, packet_id, reason));
+            }
+            return;
+        }
+        self.stats.messages_received += 1;
+        let message = Arc::new(message);
+        self.apply_retain(now, &message, true);
+        let result = self.route(now, &message, publisher, true);
+        self.hook(id, |hooks, info| {
+            hooks.on_published(Some(info), &message, result.receivers)
+        });
+        if let Some(packet_id) = packet_id {
+            let reason = if result.receivers == 0 && self.config.report_no_subscribers {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            };
+            self.held_acks.push((id, packet_id, reason));
+        }
+    }
+
+    /// Sets or clears the retained message of the message's topic [MQTT-3.3.1-5],
+    /// [MQTT-3.3.1-6], and tells the other shards.
+    fn apply_retain(&mut self, now: Instant, message: &Arc<Message>, replicate: bool) {
+        if !message.retain {
+            return;
+        }
+        let topic = String::from(&*message.topic);
+        let stored = if message.payload.is_empty() {
+            self.retained.remove(&topic);
+            None
+        } else if self.retained.get(&topic).is_some()
+            || self.retained.len() < self.config.max_retained
+        {
+            self.retained.insert(&topic, message.clone());
+            self.schedule_retained_sweep(now);
+            Some(message.clone())
+        } else {
+            return;
+        };
+        self.storage.set_retained(&topic, stored.as_ref());
+        if replicate {
+            self.broadcast(|| ShardMessage::Retained {
+                topic: topic.clone(),
+                message: stored.clone(),
+            });
+        }
+    }
+
+    fn broadcast(&mut self, mut make: impl FnMut() -> ShardMessage) {
+        for shard in 0..self.config.shard_count {
+            if shard != self.config.shard_index {
+                self.shard_out.push_back((shard, make()));
+            }
+        }
+    }
+
+    /// Delivers a message to every matching session of this shard (one delivery per session
+    /// at the highest QoS its matching subscriptions grant, with all their identifiers), to
+    /// one member of each matching shared group this shard owns, and, when it came from a
+    /// client of this shard, forwards it once to every other shard with an interest.
+    fn route(
+        &mut self,
+        now: Instant,
+        message: &Arc<Message>,
+        publisher: Option<SessionKey>,
+        forward: bool,
+    ) -> RouteResult {
+        let mut receivers = 0;
+        let mut matches = core::mem::take(&mut self.scratch);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(&message.topic, |key, subscription| {
+                // [MQTT-3.8.3-3]: No Local.
+                if !(subscription.options.no_local && Some(*key) == publisher) {
+                    matches.push((*key, subscription.clone()));
+                }
+            });
+        matches.sort_by_key(|(key, _)| *key);
+        let mut index = 0;
+        while index < matches.len() {
+            let key = matches[index].0;
+            let mut qos = QoS::AtMostOnce;
+            let mut retain_as_published = false;
+            let mut ids: Vec<SubscriptionId> = Vec::new();
+            while index < matches.len() && matches[index].0 == key {
+                let subscription = &matches[index].1;
+                qos = qos.max(subscription.options.qos);
+                retain_as_published |= subscription.options.retain_as_published;
+                if let Some(id) = subscription.identifier {
+                    ids.push(SubscriptionId(id));
+                }
+                index += 1;
+            }
+            let delivery = make_delivery(message, qos, retain_as_published, ids, None);
+            if self.deliver_to_session(now, key, delivery) {
+                receivers += 1;
+            }
+        }
+        self.scratch = matches;
+
+        let mut groups: Vec<u32> = Vec::new();
+        self.shared_trie
+            .for_each_match(&message.topic, |group, _| groups.push(*group));
+        for group in groups {
+            if let Some(name) = self.group_names.get(&group).cloned() {
+                if self.deliver_shared(now, &name, message, None) {
+                    receivers += 1;
+                }
+            }
+        }
+
+        if forward && self.config.shard_count > 1 {
+            let mut shards: BTreeSet<u16> = BTreeSet::new();
+            self.remote_interest
+                .for_each_match(&message.topic, |shard, _| {
+                    shards.insert(*shard);
+                });
+            for shard in shards {
+                if shard != self.config.shard_index {
+                    self.shard_out
+                        .push_back((shard, ShardMessage::Publish(message.clone())));
+                    receivers += 1;
+                }
+            }
+        }
+        RouteResult { receivers }
+    }
+
+    /// Picks a member of a shared group this shard owns and hands it the message; `except`
+    /// skips a member that is leaving.
+    fn deliver_shared(
+        &mut self,
+        now: Instant,
+        shared_filter: &str,
+        message: &Arc<Message>,
+        except: Option<&str>,
+    ) -> bool {
+        let policy = self.config.shared_policy;
+        let this_shard = self.config.shard_index;
+        let Some(group) = self.groups.get_mut(shared_filter) else {
+            return false;
+        };
+        let count = group.members.len();
+        if count == 0 {
+            return false;
+        }
+        let eligible =
+            |m: &SharedMember| except.is_none_or(|e| !(m.shard == this_shard && m.client_id == e));
+        let mut choice = None;
+        if policy == SharedPolicy::LeastLoaded {
+            let mut best: Option<(usize, usize)> = None;
+            for (i, member) in group.members.iter().enumerate() {
+                if member.shard != this_shard || !eligible(member) {
+                    continue;
+                }
+                let load = self
+                    .by_client_id
+                    .get(&member.client_id)
+                    .map_or(usize::MAX, |&key| {
+                        session_load(&self.sessions, &self.conns, key)
+                    });
+                if best.is_none_or(|(_, l)| load < l) {
+                    best = Some((i, load));
+                }
+            }
+            choice = best.map(|(i, _)| i);
+        }
+        if choice.is_none() {
+            for step in 0..count {
+                let i = (group.cursor + step) % count;
+                if eligible(&group.members[i]) {
+                    choice = Some(i);
+                    group.cursor = (i + 1) % count;
+                    break;
+                }
+            }
+        }
+        let Some(i) = choice else {
+            return false;
+        };
+        let member = &group.members[i];
+        if member.shard != this_shard {
+            let target = member.shard;
+            let client_id = member.client_id.clone();
+            self.shard_out.push_back((
+                target,
+                ShardMessage::SharedDeliver {
+                    shared_filter: String::from(shared_filter),
+                    client_id,
+                    message: message.clone(),
+                },
+            ));
+            return true;
+        }
+        let subscription = member.subscription.clone();
+        let Some(&key) = self.by_client_id.get(&member.client_id) else {
+            return false;
+        };
+        let delivery = make_delivery(
+            message,
+            subscription.options.qos,
+            subscription.options.retain_as_published,
+            subscription
+                .identifier
+                .into_iter()
+                .map(SubscriptionId)
+                .collect(),
+            Some(Arc::from(shared_filter)),
+        );
+        self.deliver_to_session(now, key, delivery)
+    }
+
+    /// Hands a delivery to a session: to its connection if it has one, else to its queue.
+    /// Returns whether the session took it (sent or queued).
+    fn deliver_to_session(&mut self, now: Instant, key: SessionKey, delivery: Delivery) -> bool {
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        self.touched_sessions.insert(key);
+        self.stats.deliveries += 1;
+        if let Some(id) = entry.connection {
+            let allowed = self
+                .hook(id, |hooks, info| {
+                    hooks.authorize_delivery(info, &delivery.message)
+                })
+                .unwrap_or(false);
+            if !allowed {
+                self.stats.deliveries -= 1;
+                return false;
+            }
+            let Some(state) = self.conn_mut(id) else {
+                return false;
+            };
+            let outcome = state.conn.deliver(now, delivery);
+            self.touched_conns.insert(id);
+            return match outcome {
+                DeliveryOutcome::Sent | DeliveryOutcome::Queued => true,
+                DeliveryOutcome::Dropped(_) => {
+                    self.stats.deliveries_dropped += 1;
+                    true
+                }
+                DeliveryOutcome::NotConnected(delivery) => self.enqueue_detached(key, delivery),
+            };
+        }
+        self.enqueue_detached(key, delivery)
+    }
+
+    fn enqueue_detached(&mut self, key: SessionKey, delivery: Delivery) -> bool {
+        let limits = self.config.server.queue;
+        let Some(session) = self
+            .sessions
+            .get_mut(key as usize)
+            .and_then(Option::as_mut)
+            .and_then(|e| e.detached.as_mut())
+        else {
+            return false;
+        };
+        if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+            return false;
+        }
+        if !session.enqueue(delivery, &limits) {
+            self.stats.deliveries_dropped += 1;
+        }
+        true
+    }
+
+    fn on_subscribe(&mut self, now: Instant, id: ConnectionId, request: SubscribeRequest) {
+        let Some(state) = self.conn(id) else {
+            return;
+        };
+        let Some(key) = state.session else {
+            return;
+        };
+        let client_id = state.client_id.clone();
+        let maximum_qos = self.config.server.maximum_qos;
+        let mut codes = Vec::with_capacity(request.filters.len());
+        let mut retained_to_send: Vec<(String, StoredSubscription)> = Vec::new();
+        for filter_request in request.filters {
+            if let Some(refusal) = filter_request.refusal {
+                codes.push(refusal);
+                continue;
+            }
+            let mut filter = filter_request.filter;
+            let mut options = filter_request.options;
+            let Some(verdict) = self.hook(id, |hooks, info| {
+                hooks.authorize_subscribe(info, &mut filter, &mut options)
+            }) else {
+                return;
+            };
+            if let Verdict::Deny(reason) = verdict {
+                self.stats.refused += 1;
+                codes.push(reason);
+                continue;
+            }
+            if petrel_codec::topic::validate_topic_filter(&filter).is_err() {
+                // A hook rewrote the filter into something invalid.
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // [MQTT-3.8.4-8]: the server may grant a lower QoS than asked.
+            options.qos = options.qos.min(maximum_qos);
+            let subscription = StoredSubscription {
+                filter: filter.clone(),
+                options,
+                identifier: request.subscription_id,
+            };
+            let existed = self.sessions[key as usize]
+                .as_ref()
+                .is_some_and(|e| e.subscriptions.contains_key(&filter));
+            self.add_subscription(key, &client_id, subscription.clone());
+            let granted = match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            };
+            codes.push(granted);
+            self.hook(id, |hooks, info| {
+                hooks.on_subscribed(info, &filter, granted)
+            });
+            // Retained messages: per Retain Handling [MQTT-3.3.1-9], [MQTT-3.3.1-10],
+            // never for shared subscriptions [MQTT-3.8.4-?, section 4.8.2].
+            let send = match options.retain_handling {
+                RetainHandling::SendOnSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send && !filter.starts_with(petrel_codec::topic::SHARED_PREFIX) {
+                retained_to_send.push((filter, subscription));
+            }
+        }
+        if let Some(state) = self.conn_mut(id) {
+            let _ = state
+                .conn
+                .complete_subscribe(now, request.packet_id, &codes);
+        }
+        // Retained messages follow the SUBACK [MQTT-3.8.4-4 ordering is not required, but
+        // clients expect the acknowledgement first].
+        for (filter, subscription) in retained_to_send {
+            let mut found: Vec<Arc<Message>> = Vec::new();
+            self.retained
+                .for_each_matching(&filter, |m| found.push(m.clone()));
+            for message in found {
+                if message.is_expired(now) {
+                    continue;
+                }
+                let delivery = Delivery {
+                    qos: message.qos.min(subscription.options.qos),
+                    // A retained message sent because of a new subscription keeps RETAIN
+                    // set [MQTT-3.3.1-9].
+                    retain: true,
+                    subscription_ids: subscription
+                        .identifier
+                        .into_iter()
+                        .map(SubscriptionId)
+                        .collect(),
+                    shared_group: None,
+                    message,
+                };
+                self.deliver_to_session(now, key, delivery);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, now: Instant, id: ConnectionId, request: UnsubscribeRequest) {
+        let Some(state) = self.conn(id) else {
+            return;
+        };
+        let Some(key) = state.session else {
+            return;
+        };
+        let client_id = state.client_id.clone();
+        let mut codes = Vec::with_capacity(request.filters.len());
+        for filter in &request.filters {
+            let removed = self.remove_subscription(now, key, &client_id, filter);
+            codes.push(if removed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+            if removed {
+                self.hook(id, |hooks, info| hooks.on_unsubscribed(info, filter));
+            }
+        }
+        if let Some(state) = self.conn_mut(id) {
+            let _ = state
+                .conn
+                .complete_unsubscribe(now, request.packet_id, &codes);
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, id: ConnectionId, info: &CloseInfo) {
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        let key = state.session.take();
+        let will = state.will.take();
+        let session = state.conn.take_session();
+        self.closing.push_back(id);
+        self.hook(id, |hooks, client| hooks.on_disconnected(client, info));
+        let Some(key) = key else {
+            return;
+        };
+        self.touched_sessions.insert(key);
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if entry.connection != Some(id) {
+            return;
+        }
+        entry.connection = None;
+        let client_id = entry.client_id.clone();
+        let mut session = session.unwrap_or_else(|| Session::new(client_id.clone(), 0));
+        session.expiry_interval = info.session_expiry_interval;
+        // QoS 1 messages a shared subscription gave this member go to another member now
+        // [MQTT-4.8.2-5 allows it for QoS 1; QoS 2 waits for the session to end].
+        let handed_back = take_shared(&mut session, false);
+        entry.detached = Some(session);
+        let expiry = info.session_expiry_interval;
+        entry.expires_at = expiry_deadline(now, expiry);
+        if let Some(will) = will.filter(|_| info.publish_will) {
+            // [MQTT-3.1.3-9]: the will waits for its delay or the session's end, whichever
+            // comes first.
+            let delay = will.delay_interval.min(expiry);
+            if delay == 0 {
+                self.publish_will(now, &client_id, will);
+            } else {
+                let at = now + Duration::from_secs(u64::from(delay));
+                if let Some(entry) = self.sessions[key as usize].as_mut() {
+                    entry.pending_will = Some((at, will));
+                }
+                self.timers.insert((at, Timer::Will(key)));
+            }
+        }
+        for delivery in handed_back {
+            self.redispatch_shared(now, &client_id, delivery);
+        }
+        match self.sessions[key as usize]
+            .as_ref()
+            .and_then(|e| e.expires_at)
+        {
+            _ if expiry == 0 => self.end_session(now, key),
+            Some(at) => {
+                self.timers.insert((at, Timer::SessionExpiry(key)));
+            }
+            None => {}
+        }
+    }
+
+    fn publish_will(&mut self, now: Instant, client_id: &str, will: Will) {
+        self.stats.wills_published += 1;
+        let message = will.into_message(now);
+        self.hooks.on_will(client_id, &message);
+        let message = Arc::new(message);
+        self.apply_retain(now, &message, true);
+        self.route(now, &message, None, true);
+    }
+
+    /// Ends a session: its subscriptions go, a pending will is published now
+    /// [MQTT-3.1.3-9], QoS 1 and 2 messages from shared subscriptions go to another member
+    /// [MQTT-4.8.2-5], and the store forgets it.
+    fn end_session(&mut self, now: Instant, key: SessionKey) {
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free_sessions.push(key);
+        self.by_client_id.remove(&entry.client_id);
+        self.touched_sessions.remove(&key);
+        self.storage.delete_session(&entry.client_id);
+        for filter in entry.subscriptions.keys() {
+            self.unindex_subscription(key, &entry.client_id, filter);
+        }
+        if let Some((_, will)) = entry.pending_will {
+            self.publish_will(now, &entry.client_id, will);
+        }
+        if let Some(mut session) = entry.detached {
+            for delivery in take_shared(&mut session, true) {
+                self.redispatch_shared(now, &entry.client_id, delivery);
+            }
+        }
+    }
+
+    fn redispatch_shared(&mut self, now: Instant, leaving: &str, delivery: Delivery) {
+        let Some(group) = delivery.shared_group.clone() else {
+            return;
+        };
+        if self.groups.contains_key(&*group) {
+            self.deliver_shared(now, &group, &delivery.message, Some(leaving));
+        } else if self.config.shard_count > 1 {
+            // The group's owner is another shard: it picks the next member.
+            let owner = owner_shard(&group, self.config.shard_count);
+            self.shard_out
+                .push_back((owner, ShardMessage::Publish(delivery.message)));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Subscription bookkeeping
+
+    fn add_subscription(
+        &mut self,
+        key: SessionKey,
+        client_id: &str,
+        subscription: StoredSubscription,
+    ) {
+        let filter = subscription.filter.clone();
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let replaced = entry
+            .subscriptions
+            .insert(filter.clone(), subscription.clone())
+            .is_some();
+        match SharedFilter::parse(&filter).ok().flatten() {
+            Some(_) => {
+                let owner = owner_shard(&filter, self.config.shard_count);
+                if owner == self.config.shard_index {
+                    self.add_shared_member(&filter, owner, client_id, subscription);
+                } else {
+                    self.shard_out.push_back((
+                        owner,
+                        ShardMessage::SharedMember {
+                            shared_filter: filter,
+                            shard: self.config.shard_index,
+                            client_id: String::from(client_id),
+                            subscription,
+                            add: true,
+                        },
+                    ));
+                }
+            }
+            None => {
+                self.subscriptions.insert(&filter, key, subscription);
+                if !replaced {
+                    self.add_interest(&filter);
+                }
+            }
+        }
+    }
+
+    fn remove_subscription(
+        &mut self,
+        _now: Instant,
+        key: SessionKey,
+        client_id: &str,
+        filter: &str,
+    ) -> bool {
+        let removed = self
+            .sessions
+            .get_mut(key as usize)
+            .and_then(Option::as_mut)
+            .is_some_and(|e| e.subscriptions.remove(filter).is_some());
+        if removed {
+            self.unindex_subscription(key, client_id, filter);
+        }
+        removed
+    }
+
+    fn unindex_subscription(&mut self, key: SessionKey, client_id: &str, filter: &str) {
+        if SharedFilter::parse(filter).ok().flatten().is_some() {
+            let owner = owner_shard(filter, self.config.shard_count);
+            if owner == self.config.shard_index {
+                self.remove_shared_member(filter, owner, client_id);
+            } else {
+                self.shard_out.push_back((
+                    owner,
+                    ShardMessage::SharedMember {
+                        shared_filter: String::from(filter),
+                        shard: self.config.shard_index,
+                        client_id: String::from(client_id),
+                        subscription: StoredSubscription {
+                            filter: String::from(filter),
+                            options: Default::default(),
+                            identifier: None,
+                        },
+                        add: false,
+                    },
+                ));
+            }
+        } else if self.subscriptions.remove(filter, &key).is_some() {
+            self.remove_interest(filter);
+        }
+    }
+
+    fn add_shared_member(
+        &mut self,
+        shared_filter: &str,
+        shard: u16,
+        client_id: &str,
+        subscription: StoredSubscription,
+    ) {
+        let Some(parsed) = SharedFilter::parse(shared_filter).ok().flatten() else {
+            return;
+        };
+        if !self.groups.contains_key(shared_filter) {
+            let id = self.next_group_id;
+            self.next_group_id += 1;
+            self.group_ids.insert(String::from(shared_filter), id);
+            self.group_names.insert(id, String::from(shared_filter));
+            self.shared_trie.insert(parsed.filter, id, ());
+            self.groups.insert(
+                String::from(shared_filter),
+                SharedGroup {
+                    filter: String::from(parsed.filter),
+                    members: Vec::new(),
+                    cursor: 0,
+                },
+            );
+            self.add_interest(parsed.filter);
+        }
+        if let Some(group) = self.groups.get_mut(shared_filter) {
+            match group
+                .members
+                .iter_mut()
+                .find(|m| m.shard == shard && m.client_id == client_id)
+            {
+                Some(member) => member.subscription = subscription,
+                None => group.members.push(SharedMember {
+                    shard,
+                    client_id: String::from(client_id),
+                    subscription,
+                }),
+            }
+        }
+    }
+
+    fn remove_shared_member(&mut self, shared_filter: &str, shard: u16, client_id: &str) {
+        let Some(group) = self.groups.get_mut(shared_filter) else {
+            return;
+        };
+        group
+            .members
+            .retain(|m| !(m.shard == shard && m.client_id == client_id));
+        if group.cursor >= group.members.len() {
+            group.cursor = 0;
+        }
+        if group.members.is_empty() {
+            let filter = group.filter.clone();
+            self.groups.remove(shared_filter);
+            if let Some(id) = self.group_ids.remove(shared_filter) {
+                self.group_names.remove(&id);
+                self.shared_trie.remove(&filter, &id);
+            }
+            self.remove_interest(&filter);
+        }
+    }
+
+    /// Counts this shard's subscriptions to a filter and tells the other shards when the
+    /// first one arrives.
+    fn add_interest(&mut self, filter: &str) {
+        if self.config.shard_count <= 1 {
+            return;
+        }
+        let count = self.local_interest.entry(String::from(filter)).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let shard = self.config.shard_index;
+            self.broadcast(|| ShardMessage::Interest {
+                shard,
+                filter: String::from(filter),
+                add: true,
+            });
+        }
+    }
+
+    fn remove_interest(&mut self, filter: &str) {
+        if self.config.shard_count <= 1 {
+            return;
+        }
+        let Some(count) = self.local_interest.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.local_interest.remove(filter);
+            let shard = self.config.shard_index;
+            self.broadcast(|| ShardMessage::Interest {
+                shard,
+                filter: String::from(filter),
+                add: false,
+            });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // End of an input: the store, acknowledgements, readiness, timers
+
+    fn record_of(&self, key: SessionKey) -> Option<SessionRecord> {
+        let entry = self.sessions.get(key as usize)?.as_ref()?;
+        let session = match entry.connection {
+            Some(id) => self.conn(id)?.conn.session()?.clone(),
+            None => entry.detached.clone()?,
+        };
+        Some(SessionRecord {
+            session,
+            subscriptions: entry.subscriptions.values().cloned().collect(),
+            pending_will: entry.pending_will.clone(),
+        })
+    }
+
+    fn end_input(&mut self, now: Instant) {
+        let touched = core::mem::take(&mut self.touched_sessions);
+        if self.storage.keeps_sessions() {
+            for key in touched {
+                let Some(entry) = self.sessions.get(key as usize).and_then(Option::as_ref) else {
+                    continue;
+                };
+                let persistent = entry
+                    .detached
+                    .as_ref()
+                    .map(|s| s.expiry_interval)
+                    .or_else(|| {
+                        entry
+                            .connection
+                            .and_then(|id| self.conn(id))
+                            .and_then(|s| s.conn.session())
+                            .map(|s| s.expiry_interval)
+                    })
+                    .is_some_and(|e| e > 0);
+                if !persistent {
+                    continue;
+                }
+                if let Some(record) = self.record_of(key) {
+                    self.storage.save_session(&record);
+                }
+            }
+        }
+        let acks = core::mem::take(&mut self.held_acks);
+        let conns: Vec<ConnectionId> = core::mem::take(&mut self.touched_conns)
+            .into_iter()
+            .collect();
+        match self.storage.commit() {
+            Durability::Durable => {
+                for (id, packet_id, reason) in acks {
+                    if let Some(state) = self.conn_mut(id) {
+                        let _ = state.conn.complete_publish(now, packet_id, reason);
+                    }
+                }
+                self.touched_conns.extend(conns);
+            }
+            Durability::Pending(token) => {
+                for &id in &conns {
+                    if let Some(state) = self.conn_mut(id) {
+                        state.barrier += 1;
+                    }
+                }
+                self.awaiting.insert(token, (acks, conns.clone()));
+                self.touched_conns.extend(conns);
+            }
+        }
+        self.mark_ready();
+    }
+
+    fn mark_ready(&mut self) {
+        let conns = core::mem::take(&mut self.touched_conns);
+        for id in conns {
+            let Some(state) = self.conn_mut(id) else {
+                continue;
+            };
+            let deadline = state.conn.poll_timeout();
+            let old = state.deadline;
+            state.deadline = deadline;
+            let ready = !state.in_ready && state.barrier == 0 && state.conn.pending_transmit() > 0;
+            if ready {
+                state.in_ready = true;
+            }
+            if old != deadline {
+                if let Some(at) = old {
+                    self.timers.remove(&(at, Timer::Connection(id)));
+                }
+                if let Some(at) = deadline {
+                    self.timers.insert((at, Timer::Connection(id)));
+                }
+            }
+            if ready {
+                self.ready.push_back(id);
+            }
+        }
+    }
+}
+
+fn expiry_deadline(now: Instant, interval: u32) -> Option<Instant> {
+    match interval {
+        0 | u32::MAX => None,
+        secs => Some(now + Duration::from_secs(u64::from(secs))),
+    }
+}
+
+fn make_delivery(
+    message: &Arc<Message>,
+    granted: QoS,
+    retain_as_published: bool,
+    subscription_ids: Vec<SubscriptionId>,
+    shared_group: Option<Arc<str>>,
+) -> Delivery {
+    Delivery {
+        // [MQTT-3.8.4-8]: never above the granted QoS; the message is downgraded, never
+        // skipped.
+        qos: message.qos.min(granted),
+        // [MQTT-3.3.1-12], [MQTT-3.3.1-13]: an established subscription clears RETAIN unless
+        // Retain As Published.
+        retain: message.retain && retain_as_published,
+        message: message.clone(),
+        subscription_ids,
+        shared_group,
+    }
+}
+
+/// Takes out of a session the deliveries a shared subscription gave it that should go to
+/// another member: QoS 0 and 1 not yet acknowledged, and, when the session ends, QoS 2 not
+/// yet received by the client (PUBREC not seen).
+fn take_shared(session: &mut Session, session_ends: bool) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    let movable =
+        |d: &Delivery| d.shared_group.is_some() && (session_ends || d.qos != QoS::ExactlyOnce);
+    let mut kept = VecDeque::new();
+    for entry in core::mem::take(&mut session.outbound) {
+        if movable(&entry.delivery) && entry.state != OutboundState::AwaitingPubComp {
+            out.push(entry.delivery);
+        } else {
+            kept.push_back(entry);
+        }
+    }
+    session.outbound = kept;
+    let mut queue = VecDeque::new();
+    while let Some(delivery) = session.queue.pop_front() {
+        if movable(&delivery) {
+            session.queued_bytes = session.queued_bytes.saturating_sub(delivery.message.size());
+            out.push(delivery);
+        } else {
+            queue.push_back(delivery);
+        }
+    }
+    session.queue = queue;
+    out
+}
+
+fn session_load(sessions: &[Option<SessionEntry>], conns: &[ConnSlot], key: SessionKey) -> usize {
+    let Some(entry) = sessions.get(key as usize).and_then(Option::as_ref) else {
+        return usize::MAX;
+    };
+    let session = match entry.connection {
+        Some(id) => conns
+            .get(id.index as usize)
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.state.as_ref())
+            .and_then(|s| s.conn.session()),
+        None => entry.detached.as_ref(),
+    };
+    session.map_or(usize::MAX, |s| s.inflight() + s.queue.len())
+}

@@ -1,0 +1,100 @@
+//! How several broker shards (one per core) share one broker's work.
+//!
+//! - A session lives on exactly one shard, chosen by a hash of its client identifier
+//!   ([`owner_shard`]); the runtime reads a connection's CONNECT and hands the connection to
+//!   that shard, so a takeover is always local to one shard.
+//! - Each shard matches publishes against its own subscribers, and knows, per filter, which
+//!   other shards have an interest; a publish goes once to each interested shard, which
+//!   matches it again against its own subscribers. Order is kept per publisher because the
+//!   channel between two shards is first in, first out.
+//! - A shared subscription group is owned by the shard its name hashes to; the owner knows
+//!   every member, picks one per message and sends the message to that member's shard.
+//! - Retained messages are replicated: every shard holds every retained message (the
+//!   payload is shared, not copied).
+
+use alloc::string::String;
+use alloc::sync::Arc;
+
+use crate::message::Message;
+
+use super::storage::StoredSubscription;
+
+/// A message from one shard to another. The runtime carries it, in order, to
+/// [`Broker::handle_shard_message`](super::Broker::handle_shard_message) of the target shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardMessage {
+    /// A published message for the target's own subscribers (and shared groups it owns).
+    Publish(Arc<Message>),
+    /// The sending shard gained (`add`) or lost its last subscription to `filter`.
+    Interest {
+        /// The shard whose interest changed.
+        shard: u16,
+        /// A plain topic filter.
+        filter: String,
+        /// Gained or lost.
+        add: bool,
+    },
+    /// A member joined or left a shared group the target owns.
+    SharedMember {
+        /// The full `$share/{group}/{filter}` filter.
+        shared_filter: String,
+        /// The member's shard.
+        shard: u16,
+        /// The member's client identifier.
+        client_id: String,
+        /// Its subscription.
+        subscription: StoredSubscription,
+        /// Joined or left.
+        add: bool,
+    },
+    /// The owner of a shared group chose a member on the target shard for this message.
+    SharedDeliver {
+        /// The full `$share/{group}/{filter}` filter.
+        shared_filter: String,
+        /// The chosen member.
+        client_id: String,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// The retained message of a topic was set (`Some`) or cleared (`None`).
+    Retained {
+        /// The topic.
+        topic: String,
+        /// The new retained message.
+        message: Option<Arc<Message>>,
+    },
+}
+
+/// The shard that owns the session of `client_id` among `shard_count` shards.
+///
+/// FNV-1a: stable across runs and platforms (a restart must find sessions where it left
+/// them), cheap, and good enough to spread identifiers that differ in a few characters.
+pub fn owner_shard(key: &str, shard_count: u16) -> u16 {
+    if shard_count <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(shard_count)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_stable_and_spread() {
+        assert_eq!(owner_shard("anything", 1), 0);
+        let mut counts = [0u32; 4];
+        for n in 0..4000 {
+            let id = alloc::format!("client-{n}");
+            let shard = owner_shard(&id, 4);
+            assert_eq!(shard, owner_shard(&id, 4));
+            counts[usize::from(shard)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}
