@@ -156,8 +156,7 @@ impl Decoder {
             });
         };
         let body = &packet_bytes[usize::from(header.header_len)..];
-        let packet = decode_body(header.packet_type, header.flags, body, self.version)?;
-        Ok(Decoded::Packet { packet, len })
+        decode_body(header.packet_type, header.flags, body, self.version, len)
     }
 }
 

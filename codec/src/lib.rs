@@ -46,6 +46,7 @@
 //! - `std` (default): `std::error::Error` for the errors and [`Packet::encode_to_bytes`].
 //! - `defmt`: `defmt::Format` for packets and errors, for logging on microcontrollers.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "std")]

@@ -166,8 +166,8 @@ pub struct SubscribeFilter<'a> {
 impl sealed::Sealed for SubscribeFilter<'_> {}
 impl<'a> ListItem<'a> for SubscribeFilter<'a> {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
-        let (after, filter) = wire::utf8(rest).ok()?;
-        let (after, byte) = wire::u8_(after).ok()?;
+        let (after, filter) = wire::validated_utf8(rest)?;
+        let (&byte, after) = after.split_first()?;
         *rest = after;
         Some(SubscribeFilter {
             filter,
@@ -194,7 +194,7 @@ pub(crate) fn options_from_byte(byte: u8) -> SubscriptionOptions {
 impl sealed::Sealed for &str {}
 impl<'a> ListItem<'a> for &'a str {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
-        let (after, filter) = wire::utf8(rest).ok()?;
+        let (after, filter) = wire::validated_utf8(rest)?;
         *rest = after;
         Some(filter)
     }

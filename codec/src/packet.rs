@@ -3,6 +3,7 @@
 //! Every decoded packet borrows from the input buffer. Repeated fields are [`List`]s over the
 //! validated bytes, so decoding never allocates.
 
+use crate::decode::Decoded;
 use crate::error::{DecodeError, EncodeError};
 use crate::list::{options_from_byte, List, SubscribeFilter};
 use crate::properties::{decode_properties, Properties, PropertyContext};
@@ -294,15 +295,17 @@ fn end(input: &[u8]) -> Result<(), DecodeError> {
     }
 }
 
-/// Decodes the body of a packet whose fixed header has been read and checked.
+/// Decodes the body of a packet whose fixed header has been read and checked; `len` is the
+/// whole packet's size.
 pub(crate) fn decode_body(
     packet_type: PacketType,
     flags: u8,
     body: &[u8],
     version: ProtocolVersion,
-) -> Result<Packet<'_>, DecodeError> {
+    len: usize,
+) -> Result<Decoded<'_>, DecodeError> {
     use PacketType as T;
-    Ok(match packet_type {
+    let packet = match packet_type {
         T::Connect => Packet::Connect(decode_connect(body)?),
         T::ConnAck => Packet::ConnAck(decode_connack(body, version)?),
         T::Publish => Packet::Publish(decode_publish(flags, body, version)?),
@@ -324,7 +327,10 @@ pub(crate) fn decode_body(
         }
         T::Disconnect => Packet::Disconnect(decode_disconnect(body, version)?),
         T::Auth => Packet::Auth(decode_auth(body)?),
-    })
+    };
+    // Wrapped here, not by the caller: there, wrapping the returned packet cost one more
+    // copy of the whole (large) `Packet` on every decode.
+    Ok(Decoded::Packet { packet, len })
 }
 
 fn decode_connect(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
@@ -463,8 +469,14 @@ fn decode_publish(
         packet_id_field = Some(id);
         input = rest;
     }
-    let (payload, properties) =
-        wire::finish(properties_if_v5(input, version, PropertyContext::Publish))?;
+    // PUBLISH is the hot path, and most carry no property: an empty block (a zero length)
+    // skips the general parser, whose nom result costs a copy of the large `Properties`
+    // at each step.
+    let (payload, properties) = match input.split_first() {
+        _ if !version.is_v5() => (input, EMPTY_PROPERTIES),
+        Some((0, rest)) => (rest, EMPTY_PROPERTIES),
+        _ => wire::finish(decode_properties(input, PropertyContext::Publish))?,
+    };
     if topic.is_empty() {
         if !version.is_v5() {
             return Err(DecodeError::InvalidTopicName);

@@ -622,30 +622,74 @@ impl<'a> Properties<'a> {
     }
 }
 
+/// Moves `rest`, a property block the decoder has already validated, to the value of the
+/// next `wanted` property; `None` at the end. User properties and subscription identifiers
+/// are found by walking the block again on each iteration, so the other properties are
+/// stepped over by their length rather than read (and their strings re-validated).
+fn seek(rest: &mut &[u8], wanted: PropertyId) -> Option<()> {
+    use PropertyId as P;
+    let field = |input: &[u8]| -> Option<usize> {
+        let (len, _) = input.split_first_chunk::<2>()?;
+        Some(2 + usize::from(u16::from_be_bytes(*len)))
+    };
+    while !rest.is_empty() {
+        let (after, raw_id) = wire::vbi(rest).ok()?;
+        let id = PropertyId::from_u32(raw_id)?;
+        if id == wanted {
+            *rest = after;
+            return Some(());
+        }
+        let skip = match id {
+            P::PayloadFormatIndicator
+            | P::RequestProblemInformation
+            | P::RequestResponseInformation
+            | P::MaximumQoS
+            | P::RetainAvailable
+            | P::WildcardSubscriptionAvailable
+            | P::SubscriptionIdentifierAvailable
+            | P::SharedSubscriptionAvailable => 1,
+            P::ServerKeepAlive | P::ReceiveMaximum | P::TopicAliasMaximum | P::TopicAlias => 2,
+            P::MessageExpiryInterval
+            | P::SessionExpiryInterval
+            | P::WillDelayInterval
+            | P::MaximumPacketSize => 4,
+            P::SubscriptionIdentifier => after.len() - wire::vbi(after).ok()?.0.len(),
+            P::ContentType
+            | P::ResponseTopic
+            | P::AssignedClientIdentifier
+            | P::AuthenticationMethod
+            | P::ResponseInformation
+            | P::ServerReference
+            | P::ReasonString
+            | P::CorrelationData
+            | P::AuthenticationData => field(after)?,
+            P::UserProperty => {
+                let name = field(after)?;
+                name + field(after.get(name..)?)?
+            }
+        };
+        *rest = after.get(skip..)?;
+    }
+    None
+}
+
 impl crate::list::sealed::Sealed for UserProperty<'_> {}
 impl<'a> ListItem<'a> for UserProperty<'a> {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
-        while !rest.is_empty() {
-            let (after, (_, value)) = read_property(rest).ok()?;
-            *rest = after;
-            if let Value::Pair(name, value) = value {
-                return Some(UserProperty { name, value });
-            }
-        }
-        None
+        seek(rest, PropertyId::UserProperty)?;
+        let (after, name) = wire::validated_utf8(rest)?;
+        let (after, value) = wire::validated_utf8(after)?;
+        *rest = after;
+        Some(UserProperty { name, value })
     }
 }
 
 impl crate::list::sealed::Sealed for SubscriptionId {}
 impl<'a> ListItem<'a> for SubscriptionId {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
-        while !rest.is_empty() {
-            let (after, (id, value)) = read_property(rest).ok()?;
-            *rest = after;
-            if let (PropertyId::SubscriptionIdentifier, Value::Vbi(v)) = (id, value) {
-                return Some(SubscriptionId(v));
-            }
-        }
-        None
+        seek(rest, PropertyId::SubscriptionIdentifier)?;
+        let (after, value) = wire::vbi(rest).ok()?;
+        *rest = after;
+        Some(SubscriptionId(value))
     }
 }

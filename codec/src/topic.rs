@@ -13,7 +13,7 @@ pub const SHARED_PREFIX: &str = "$share/";
 /// `+` and `#` [MQTT-3.3.2-2]. (A v5 PUBLISH may have an empty name when it carries a topic
 /// alias; the PUBLISH decoder handles that case before calling this.)
 pub fn validate_topic_name(topic: &str) -> Result<(), DecodeError> {
-    if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
+    if topic.is_empty() || has_wildcard(topic) {
         return Err(DecodeError::InvalidTopicName);
     }
     Ok(())
@@ -35,15 +35,21 @@ fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
     if filter.is_empty() {
         return Err(DecodeError::InvalidTopicFilter);
     }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let is_last = levels.peek().is_none();
-        let wildcard_ok = match level {
-            "#" => is_last,
-            "+" => true,
-            _ => !level.bytes().any(|b| b == b'+' || b == b'#'),
-        };
-        if !wildcard_ok {
+    // Every SUBSCRIBE filter comes through here: look only at the wildcards, found a word
+    // at a time, rather than splitting the filter into levels.
+    if !has_wildcard(filter) {
+        return Ok(());
+    }
+    let bytes = filter.as_bytes();
+    for (i, &byte) in bytes.iter().enumerate() {
+        if byte != b'+' && byte != b'#' {
+            continue;
+        }
+        let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+        let after = bytes.get(i + 1);
+        let whole_level = before.is_none_or(|&b| b == b'/') && after.is_none_or(|&b| b == b'/');
+        // `#` must also be the last level.
+        if !whole_level || (byte == b'#' && after.is_some()) {
             return Err(DecodeError::InvalidTopicFilter);
         }
     }
@@ -52,7 +58,8 @@ fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
 
 /// Whether a topic filter contains a wildcard level.
 pub fn has_wildcard(filter: &str) -> bool {
-    filter.bytes().any(|b| b == b'+' || b == b'#')
+    // Runs on every topic of every PUBLISH: a word at a time, not a byte.
+    crate::wire::contains_either(filter.as_bytes(), b'+', b'#')
 }
 
 /// A `$share/{group}/{filter}` subscription split into its parts.
@@ -133,6 +140,8 @@ mod tests {
             "$share/group/a/b",
             "$share/g/#",
             "$share/g//",
+            "+/+/#",
+            "a/+/b/+",
         ] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok:?}");
         }
@@ -150,6 +159,16 @@ mod tests {
             "$share/g+/a",
             "$share/g#/a",
             "$share/g/a#",
+            "+a",
+            "a+",
+            "a/b+/c",
+            "a/+b/c",
+            "##",
+            "++",
+            "+#",
+            "#+",
+            "a/#b",
+            "/#/",
         ] {
             assert_eq!(
                 validate_topic_filter(bad),

@@ -90,15 +90,58 @@ pub(crate) fn utf8(input: &[u8]) -> PResult<'_, &str> {
     }
 }
 
+/// Re-reads a string field that the decoder has already validated, for list iteration: a
+/// list is walked again each time it is iterated, so this skips what cannot fail (the
+/// U+0000 scan) and nom's error plumbing. `from_utf8` stays: it is the safe way to a `&str`.
+pub(crate) fn validated_utf8(input: &[u8]) -> Option<(&[u8], &str)> {
+    let (len, rest) = input.split_first_chunk::<2>()?;
+    let (bytes, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+    Some((rest, core::str::from_utf8(bytes).ok()?))
+}
+
 /// Checks the specification's string rules. `core::str::from_utf8` already refuses surrogate
 /// code points and overlong forms; U+0000 is the one extra rule, and in UTF-8 it is the only
 /// character that contains a zero byte.
 pub(crate) fn validate_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
     let s = core::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    if bytes.contains(&0) {
+    if contains_either(bytes, 0, 0) {
         return Err(DecodeError::NullCharacter);
     }
     Ok(s)
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// Whether `word` has a zero byte (the exact test: a borrow can only mark bytes above a
+/// zero byte, never invent the first one).
+const fn has_zero_byte(word: u64) -> bool {
+    word.wrapping_sub(ONES) & !word & HIGHS != 0
+}
+
+/// Whether some byte of `bytes` is `a` or `b`; neither may be 0xFF, the padding of a string
+/// shorter than a word. Every string of every packet goes through here (U+0000, topic
+/// wildcards), and most are short: eight bytes at a time without early exit beats both
+/// `memchr`, which pays for alignment on each call, and a byte loop.
+pub(crate) fn contains_either(bytes: &[u8], a: u8, b: u8) -> bool {
+    let a_word = ONES * u64::from(a);
+    let b_word = ONES * u64::from(b);
+    let test = |word: u64| has_zero_byte(word ^ a_word) | has_zero_byte(word ^ b_word);
+    let Some(last) = bytes.last_chunk::<8>() else {
+        // Shorter than a word: the bytes shift in under 0xFF padding, which matches neither.
+        let word = bytes
+            .iter()
+            .fold(u64::MAX, |word, &byte| word << 8 | u64::from(byte));
+        return test(word);
+    };
+    let mut found = false;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        found |= test(u64::from_ne_bytes(word));
+    }
+    // The bytes after the last whole word: the last eight bytes cover them, overlapping.
+    found | test(u64::from_ne_bytes(*last))
 }
 
 /// The number of bytes a variable byte integer takes.
@@ -238,6 +281,29 @@ mod tests {
             Writer::new(&mut buf).vbi(VBI_MAX + 1),
             Err(EncodeError::ValueTooLarge)
         );
+    }
+
+    #[test]
+    fn contains_either_finds_a_byte_at_every_position() {
+        for len in 0..40 {
+            let mut bytes = [b'a'; 40];
+            assert!(!contains_either(&bytes[..len], b'+', b'#'));
+            assert!(!contains_either(&bytes[..len], 0, 0));
+            for at in 0..len {
+                for (needle, a, b) in [(b'+', b'+', b'#'), (b'#', b'+', b'#'), (0, 0, 0)] {
+                    bytes[at] = needle;
+                    assert!(contains_either(&bytes[..len], a, b), "{len} {at} {needle}");
+                    bytes[at] = b'a';
+                }
+                // Neighbours of the needles, and bytes with the high bit set, are no match.
+                for other in [b'*', b',', b'"', b'$', 0x01, 0x80, 0xAB, 0xFF] {
+                    bytes[at] = other;
+                    assert!(!contains_either(&bytes[..len], b'+', b'#'));
+                    assert!(!contains_either(&bytes[..len], 0, 0));
+                    bytes[at] = b'a';
+                }
+            }
+        }
     }
 
     #[test]
