@@ -1450,10 +1450,14 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     self.tx.push_packet(version, &pubrec)?;
                     return Ok(None);
                 }
-                // The server may not exceed our Receive Maximum [MQTT-3.3.4-9].
-                if self.incoming_qos2.len() >= usize::from(self.receive_maximum())
-                    || self.incoming_qos2.is_full()
-                {
+                // The server may not exceed our Receive Maximum [MQTT-3.3.4-9]. A 3.1.1
+                // server was never told one: only the capacity limits it there.
+                let limit = if version.is_v5() {
+                    usize::from(self.receive_maximum())
+                } else {
+                    INFLIGHT
+                };
+                if self.incoming_qos2.len() >= limit || self.incoming_qos2.is_full() {
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
                 // [MQTT-4.3.3-8]: PUBREC, having accepted ownership.

@@ -632,6 +632,17 @@ impl ServerConnection {
     fn finish(&mut self, reason: ReasonCode, initiator: CloseInitiator, publish_will: bool) {
         self.state = State::Closed;
         self.rx = BytesMut::new();
+        // The broker has already been handed these QoS 2 messages (their Publish events are
+        // queued ahead of Closed) and may have sent them on; only the PUBREC can no longer
+        // go out. Keep their exactly-once markers with the session, or the client's re-send
+        // after a resume would be delivered onward again [MQTT-4.3.3-9].
+        if let Some(session) = self.session.as_mut() {
+            for &(packet_id, qos) in &self.inbound_pending {
+                if qos == QoS::ExactlyOnce {
+                    session.inbound_qos2.insert(packet_id.get());
+                }
+            }
+        }
         self.inbound_pending.clear();
         self.events.push_back(ServerEvent::Closed(CloseInfo {
             reason,
