@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// The largest packet accepted from the client (announced as Maximum Packet Size); a
     /// larger one closes the connection with 0x95.
     pub max_packet_size: u32,
+    /// Outbound QoS 1 and 2 messages in flight at once to a 3.1.1 client, which has no way
+    /// to announce a receive maximum (a 5.0 client's own Receive Maximum applies instead).
+    pub v311_inflight_window: u16,
     /// The highest topic alias the client may use; 0 refuses aliases.
     pub topic_alias_maximum: u16,
     /// Whether to give outbound topic aliases to 5.0 clients that accept them.
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: 0,
             receive_maximum: 1024,
+            v311_inflight_window: 20,
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,

@@ -250,10 +250,18 @@ impl ServerConnection {
     /// Whether the transport should read more now. False while the broker has not answered
     /// the CONNECT (the client may pipeline packets behind it) and once the receive buffer
     /// holds a whole maximum-size packet, so a flood waits in the socket, not in memory.
+    ///
+    /// A 3.1.1 client, which cannot be told a receive maximum, is also held back while the
+    /// broker has that many of its QoS 1/2 messages unanswered.
     pub fn wants_read(&self) -> bool {
         match self.state {
             State::Closed => false,
             State::PendingAccept => self.rx.len() < self.config.max_packet_size as usize,
+            _ if !self.version.is_v5()
+                && self.inbound_pending.len() >= usize::from(self.config.receive_maximum) =>
+            {
+                false
+            }
             _ => self.rx.len() <= self.config.max_packet_size as usize,
         }
     }
@@ -766,7 +774,13 @@ impl ServerConnection {
             u32::MAX
         };
         self.session_expiry_interval = requested_expiry.min(self.config.max_session_expiry);
-        self.client_receive_maximum = props.receive_maximum.unwrap_or(u16::MAX);
+        // A 3.1.1 client cannot say how many messages it can take at once: it gets the
+        // configured window (mosquitto's `max_inflight_messages`).
+        self.client_receive_maximum = if v5 {
+            props.receive_maximum.unwrap_or(u16::MAX)
+        } else {
+            self.config.v311_inflight_window.max(1)
+        };
         self.client_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
         self.client_topic_alias_maximum = props.topic_alias_maximum.unwrap_or(0);
         self.request_response_information = props.request_response_information.unwrap_or(false);
@@ -940,8 +954,11 @@ impl ServerConnection {
                     self.send(&Packet::PubRec(PubResponse::new(packet_id)));
                     return;
                 }
-                if self.inbound_inflight() >= usize::from(self.config.receive_maximum) {
-                    // [MQTT-3.3.4-7]
+                if self.version.is_v5()
+                    && self.inbound_inflight() >= usize::from(self.config.receive_maximum)
+                {
+                    // [MQTT-3.3.4-7]. A 3.1.1 client was never told a limit: it is slowed
+                    // down instead ([`Self::wants_read`]), not disconnected.
                     return self.fail(now, ReasonCode::ReceiveMaximumExceeded);
                 }
                 if payload_invalid {
