@@ -1,0 +1,105 @@
+//! The `petrel` command: the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use petrel::{Config, ListenerConfig, Server};
+use tracing::{error, info};
+
+/// Petrel, an MQTT 3.1.1 and 5.0 broker on io_uring.
+///
+/// Without options it listens on 127.0.0.1:1883 and accepts anonymous clients from loopback
+/// only. Every option of the configuration file is documented in
+/// runtime-uring/petrel.example.toml.
+#[derive(Debug, Parser)]
+#[command(name = "petrel", version)]
+struct Args {
+    /// The TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this TCP address instead of the configured ones (repeatable; port 0
+    /// picks a free port, printed at start).
+    #[arg(short, long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Directory for the broker's on-disk state.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// error, warn, info, debug (packet-level tracing) or trace.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Worker threads (0: one per core).
+    #[arg(short, long)]
+    workers: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("petrel: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        config.listeners = args
+            .listen
+            .iter()
+            .map(|&bind| ListenerConfig {
+                bind: Some(bind),
+                unix: None,
+            })
+            .collect();
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let workers = config.worker_count();
+    let server = match Server::new(config).start() {
+        Ok(server) => server,
+        Err(e) => {
+            error!("could not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in server.local_addrs() {
+        info!(%addr, workers, "listening");
+        // A line for scripts and tests that started us on port 0.
+        println!("listening on {addr}");
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!("cannot watch signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        info!(signal, "shutting down");
+    }
+    server.shutdown();
+    info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,216 @@
+//! The runtime's hooks: the anonymous-access policy, connection logging and inline
+//! subscribers, in front of the embedder's own hooks.
+
+use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use petrel_codec::{ReasonCode, SubscriptionOptions};
+use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
+use petrel_state::message::Message;
+use petrel_state::server::{AuthRequest, CloseInfo, ConnectRequest};
+use tracing::info;
+
+use crate::config::Anonymous;
+use crate::shared::Shared;
+
+/// An inline subscription of the embedding program.
+pub(crate) struct Tap {
+    pub(crate) filter: String,
+    pub(crate) sender: Sender<Arc<Message>>,
+}
+
+pub(crate) struct RuntimeHooks {
+    shared: Arc<Shared>,
+    user: Option<Box<dyn Hooks>>,
+}
+
+impl RuntimeHooks {
+    pub(crate) fn new(shared: Arc<Shared>, _worker: usize) -> Self {
+        let user = shared.hooks_factory.as_ref().map(|make| make());
+        RuntimeHooks { shared, user }
+    }
+
+    fn tap(&self, message: &Message) {
+        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
+        if taps.is_empty() {
+            return;
+        }
+        let shared = Arc::new(message.clone());
+        // A tap whose receiver is gone is removed.
+        taps.retain(|tap| {
+            !topic_matches(&tap.filter, &message.topic) || tap.sender.send(shared.clone()).is_ok()
+        });
+    }
+}
+
+fn is_local(remote: Option<&str>) -> bool {
+    match remote {
+        None | Some("unix") => true,
+        Some(addr) => addr
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback()),
+    }
+}
+
+impl Hooks for RuntimeHooks {
+    fn on_connect(&mut self, client: &ClientInfo<'_>, request: &ConnectRequest) -> AuthDecision {
+        if request.username.is_none() {
+            let allowed = match self.shared.config.anonymous {
+                Anonymous::Allow => true,
+                Anonymous::Deny => false,
+                Anonymous::Loopback => is_local(client.remote),
+            };
+            if !allowed {
+                info!(
+                    client_id = client.client_id,
+                    remote = client.remote.unwrap_or("-"),
+                    "refused: anonymous clients are not allowed from this address"
+                );
+                return AuthDecision::Reject(ReasonCode::NotAuthorized);
+            }
+        }
+        match self.user.as_mut() {
+            Some(user) => user.on_connect(client, request),
+            None => AuthDecision::Accept(None),
+        }
+    }
+
+    fn on_auth(&mut self, client: &ClientInfo<'_>, request: &AuthRequest) -> AuthDecision {
+        match self.user.as_mut() {
+            Some(user) => user.on_auth(client, request),
+            None => AuthDecision::Reject(ReasonCode::BadAuthenticationMethod),
+        }
+    }
+
+    fn authorize_publish(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Verdict {
+        match self.user.as_mut() {
+            Some(user) => user.authorize_publish(client, message),
+            None => Verdict::Allow,
+        }
+    }
+
+    fn authorize_subscribe(
+        &mut self,
+        client: &ClientInfo<'_>,
+        filter: &mut String,
+        options: &mut SubscriptionOptions,
+    ) -> Verdict {
+        match self.user.as_mut() {
+            Some(user) => user.authorize_subscribe(client, filter, options),
+            None => Verdict::Allow,
+        }
+    }
+
+    fn authorize_delivery(&mut self, client: &ClientInfo<'_>, message: &Message) -> bool {
+        match self.user.as_mut() {
+            Some(user) => user.authorize_delivery(client, message),
+            None => true,
+        }
+    }
+
+    fn on_connected(&mut self, client: &ClientInfo<'_>, session_present: bool) {
+        info!(
+            client_id = client.client_id,
+            remote = client.remote.unwrap_or("-"),
+            version = ?client.version,
+            session_present,
+            "connected"
+        );
+        if let Some(user) = self.user.as_mut() {
+            user.on_connected(client, session_present);
+        }
+    }
+
+    fn on_disconnected(&mut self, client: &ClientInfo<'_>, close: &CloseInfo) {
+        info!(
+            client_id = client.client_id,
+            remote = client.remote.unwrap_or("-"),
+            reason = ?close.reason,
+            by = ?close.initiator,
+            "disconnected"
+        );
+        if let Some(user) = self.user.as_mut() {
+            user.on_disconnected(client, close);
+        }
+    }
+
+    fn on_subscribed(&mut self, client: &ClientInfo<'_>, filter: &str, granted: ReasonCode) {
+        if let Some(user) = self.user.as_mut() {
+            user.on_subscribed(client, filter, granted);
+        }
+    }
+
+    fn on_unsubscribed(&mut self, client: &ClientInfo<'_>, filter: &str) {
+        if let Some(user) = self.user.as_mut() {
+            user.on_unsubscribed(client, filter);
+        }
+    }
+
+    fn on_published(
+        &mut self,
+        client: Option<&ClientInfo<'_>>,
+        message: &Message,
+        receivers: usize,
+    ) {
+        self.tap(message);
+        if let Some(user) = self.user.as_mut() {
+            user.on_published(client, message, receivers);
+        }
+    }
+
+    fn on_will(&mut self, client_id: &str, message: &Message) {
+        self.tap(message);
+        if let Some(user) = self.user.as_mut() {
+            user.on_will(client_id, message);
+        }
+    }
+
+    fn on_session_expired(&mut self, client_id: &str) {
+        if let Some(user) = self.user.as_mut() {
+            user.on_session_expired(client_id);
+        }
+    }
+}
+
+/// Whether `topic` matches `filter`, level by level, with the `$` rule [MQTT-4.7.2-1].
+pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_follows_the_specification() {
+        assert!(topic_matches("sport/#", "sport"));
+        assert!(topic_matches("sport/+", "sport/"));
+        assert!(!topic_matches("sport/+", "sport"));
+        assert!(topic_matches("+/+", "/finance"));
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(topic_matches("$SYS/#", "$SYS/x"));
+        assert!(topic_matches("é/+", "é/x"));
+    }
+
+    #[test]
+    fn loopback_is_local() {
+        assert!(is_local(Some("127.0.0.1:4000")));
+        assert!(is_local(Some("[::1]:4000")));
+        assert!(is_local(Some("unix")));
+        assert!(!is_local(Some("10.0.0.2:4000")));
+    }
+}

@@ -1,0 +1,195 @@
+//! `petrel`: the Petrel MQTT broker on io_uring, as a binary and as a library.
+//!
+//! The runtime is thin: one [tokio-uring] runtime per worker thread, each driving one shard
+//! of the sans-IO broker core ([`petrel_state::broker::Broker`]). It reads and writes bytes
+//! and keeps time; every protocol decision is the core's.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! use petrel::{Config, Server};
+//! use petrel_state::message::Message;
+//!
+//! let mut config = Config::default();
+//! config.listeners[0].bind = Some("127.0.0.1:0".parse().unwrap());
+//! let server = Server::new(config).start()?;
+//! println!("listening on {:?}", server.local_addrs());
+//!
+//! // The inline client: subscribe and publish from the program itself.
+//! let alerts = server.subscribe("alerts/#");
+//! server.publish(Message::new("alerts/disk", &b"90%"[..]));
+//! let message = alerts.recv()?;
+//! assert_eq!(&*message.topic, "alerts/disk");
+//! server.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Hooks that authenticate, authorize and rewrite are registered with
+//! [`Server::with_hooks`]; see `runtime-uring/examples/embedded.rs`.
+//!
+//! [tokio-uring]: https://docs.rs/tokio-uring
+
+pub mod config;
+mod hooks;
+mod shared;
+mod sys;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
+use petrel_state::broker::Hooks;
+use petrel_state::message::Message;
+use shared::{GlobalStats, Shared, WorkerMessage};
+
+/// Builds the hooks of one shard; called once per worker.
+pub type HooksFactory = Arc<dyn Fn() -> Box<dyn Hooks> + Send + Sync>;
+
+/// A broker to start.
+pub struct Server {
+    config: Config,
+    hooks: Option<HooksFactory>,
+}
+
+impl Server {
+    /// A broker with this configuration and no hooks of its own.
+    pub fn new(config: Config) -> Self {
+        Server {
+            config,
+            hooks: None,
+        }
+    }
+
+    /// Registers hooks: `make` builds one instance per worker (shard).
+    pub fn with_hooks(mut self, make: impl Fn() -> Box<dyn Hooks> + Send + Sync + 'static) -> Self {
+        self.hooks = Some(Arc::new(make));
+        self
+    }
+
+    /// Binds every listener, starts the workers, and returns once they accept connections.
+    pub fn start(self) -> io::Result<RunningServer> {
+        let workers = self.config.worker_count();
+        let mut per_worker_tcp: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut unix = Vec::new();
+        let mut addrs = Vec::new();
+        for listener in &self.config.listeners {
+            if let Some(bind) = listener.bind {
+                // One socket per worker on the same port (SO_REUSEPORT): the kernel spreads
+                // connections over the workers without an acceptor thread.
+                let mut addr = bind;
+                for sockets in per_worker_tcp.iter_mut() {
+                    let socket = reuseport_listener(addr)?;
+                    addr = socket.local_addr()?;
+                    sockets.push(socket);
+                }
+                addrs.push(addr);
+            }
+            if let Some(path) = &listener.unix {
+                let _ = std::fs::remove_file(path);
+                unix.push(std::os::unix::net::UnixListener::bind(path)?);
+            }
+        }
+        let shared = Arc::new(Shared {
+            server_config: self.config.server_config(),
+            config: self.config,
+            origin: std::time::Instant::now(),
+            stats: GlobalStats::default(),
+            shards: Mutex::new(Vec::new()),
+            inboxes: Mutex::new(Vec::new()),
+            taps: Mutex::new(Vec::new()),
+            hooks_factory: self.hooks,
+        });
+        let mut receivers = Vec::new();
+        {
+            let mut inboxes = shared.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+            for _ in 0..workers {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                inboxes.push(tx);
+                receivers.push(rx);
+            }
+        }
+        let mut threads = Vec::new();
+        for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
+            let shared = shared.clone();
+            // The Unix listeners go to worker 0; connections move to their owner shard.
+            let unix = if index == 0 {
+                std::mem::take(&mut unix)
+            } else {
+                Vec::new()
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("petrel-worker-{index}"))
+                .spawn(move || {
+                    tokio_uring::start(async move {
+                        let worker = worker::Worker::new(index, shared);
+                        worker.run(tcp, unix, inbox).await;
+                    });
+                })?;
+            threads.push(thread);
+        }
+        Ok(RunningServer {
+            addrs,
+            shared,
+            threads,
+        })
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A running broker.
+pub struct RunningServer {
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The TCP addresses it listens on (with the ports chosen for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Publishes a message from the embedding program, as if a client had.
+    pub fn publish(&self, message: Message) {
+        self.shared.send(0, WorkerMessage::Publish(message));
+    }
+
+    /// Receives every message published (by clients, wills and the program) whose topic
+    /// matches `filter`, for as long as the receiver lives.
+    pub fn subscribe(&self, filter: &str) -> Receiver<Arc<Message>> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.shared
+            .taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hooks::Tap {
+                filter: filter.to_string(),
+                sender,
+            });
+        receiver
+    }
+
+    /// Stops gracefully: no new connections, DISCONNECT 0x8B to 5.0 clients, flush, stop.
+    pub fn shutdown(self) {
+        for worker in 0..self.threads.len() {
+            self.shared.send(worker, WorkerMessage::Shutdown);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}

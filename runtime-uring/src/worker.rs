@@ -1,0 +1,538 @@
+//! One worker thread: a tokio-uring runtime driving one broker shard.
+//!
+//! The worker moves bytes and time; every protocol decision is the shard's. Per connection
+//! there is a reader task (read, hand the bytes to the shard) and a writer task (woken when
+//! the shard has bytes for it, writes everything it has in one call). Everything on a worker
+//! is single-threaded: the shard sits in a `RefCell`, and no lock is taken per message.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use petrel_codec::{Decoded, Decoder, Packet, ProtocolVersion};
+use petrel_state::broker::{owner_shard, Broker, BrokerConfig, ConnectionId, NoStorage};
+use petrel_state::message::Message;
+use petrel_state::Instant;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::hooks::RuntimeHooks;
+use crate::shared::{Shared, WorkerMessage};
+use crate::sys::SysReporter;
+
+/// A connection's transport.
+pub(crate) enum Stream {
+    Tcp(tokio_uring::net::TcpStream),
+    Unix(tokio_uring::net::UnixStream),
+}
+
+impl Stream {
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    /// A second descriptor for the same socket, to hand the connection to another worker.
+    fn duplicate(&self) -> io::Result<OwnedFd> {
+        let raw = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        // SAFETY: `raw` belongs to `self`, which is alive for this whole call, so the
+        // borrowed descriptor is open; `try_clone_to_owned` dups it into a new owned one.
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        borrowed.try_clone_to_owned()
+    }
+
+    fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// Rebuilds a stream from a descriptor another worker handed over.
+    pub(crate) fn from_fd(fd: OwnedFd, unix: bool) -> Stream {
+        if unix {
+            Stream::Unix(tokio_uring::net::UnixStream::from_std(
+                std::os::unix::net::UnixStream::from(fd),
+            ))
+        } else {
+            Stream::Tcp(tokio_uring::net::TcpStream::from_std(
+                std::net::TcpStream::from(fd),
+            ))
+        }
+    }
+}
+
+/// What the reader and writer of one connection share.
+struct ConnIo {
+    /// The shard has bytes for this connection (or it is closing).
+    writable: Notify,
+    /// The writer drained bytes, so a reader held back by backpressure may go on.
+    readable: Notify,
+    closing: Cell<bool>,
+}
+
+/// The smallest read buffer, posted while a connection is idle: an idle connection holds
+/// this much, not a full-size buffer (tokio-uring 0.5 has no provided-buffer rings).
+const MIN_READ: usize = 256;
+/// The largest read buffer, reached by doubling while reads keep filling it.
+const MAX_READ: usize = 64 * 1024;
+
+pub(crate) struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    broker: RefCell<Broker>,
+    conns: RefCell<HashMap<ConnectionId, Rc<ConnIo>>>,
+    timer: Notify,
+    shutting_down: Cell<bool>,
+}
+
+impl Worker {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>) -> Rc<Worker> {
+        let config = BrokerConfig {
+            server: shared.server_config.clone(),
+            shard_index: index as u16,
+            shard_count: shared.workers() as u16,
+            max_retained: shared.config.limits.max_retained,
+            ..BrokerConfig::default()
+        };
+        let hooks = RuntimeHooks::new(shared.clone(), index);
+        let broker = Broker::new(config, Box::new(hooks), Box::new(NoStorage));
+        Rc::new(Worker {
+            index,
+            shared,
+            broker: RefCell::new(broker),
+            conns: RefCell::new(HashMap::new()),
+            timer: Notify::new(),
+            shutting_down: Cell::new(false),
+        })
+    }
+
+    fn now(&self) -> Instant {
+        self.shared.now()
+    }
+
+    /// Runs the worker until shutdown: its listeners, its timer, its inbox.
+    pub(crate) async fn run(
+        self: Rc<Self>,
+        tcp: Vec<std::net::TcpListener>,
+        unix: Vec<std::os::unix::net::UnixListener>,
+        inbox: UnboundedReceiver<WorkerMessage>,
+    ) {
+        for listener in tcp {
+            let listener = tokio_uring::net::TcpListener::from_std(listener);
+            tokio_uring::spawn(self.clone().accept_tcp(listener));
+        }
+        for listener in unix {
+            tokio_uring::spawn(self.clone().accept_unix(listener));
+        }
+        tokio_uring::spawn(self.clone().timer_loop());
+        if self.shared.config.sys.interval > 0 {
+            tokio_uring::spawn(self.clone().sys_loop());
+        }
+        self.inbox_loop(inbox).await;
+    }
+
+    async fn accept_tcp(self: Rc<Self>, listener: tokio_uring::net::TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    if self.shutting_down.get() {
+                        return;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let remote = remote.to_string();
+                    tokio_uring::spawn(self.clone().connection(
+                        Stream::Tcp(stream),
+                        Vec::new(),
+                        remote,
+                        false,
+                    ));
+                }
+                Err(e) => {
+                    warn!(worker = self.index, "accept failed: {e}");
+                    // Out of descriptors, most likely: give the others a moment to close.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn accept_unix(self: Rc<Self>, listener: std::os::unix::net::UnixListener) {
+        let listener = match listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+        {
+            // tokio-uring only binds by path; the std listener keeps the socket alive.
+            Some(path) => {
+                let _ = std::fs::remove_file(&path);
+                match tokio_uring::net::UnixListener::bind(&path) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!("unix listener {}: {e}", path.display());
+                        return;
+                    }
+                }
+            }
+            None => return,
+        };
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    if self.shutting_down.get() {
+                        return;
+                    }
+                    tokio_uring::spawn(self.clone().connection(
+                        Stream::Unix(stream),
+                        Vec::new(),
+                        String::from("unix"),
+                        false,
+                    ));
+                }
+                Err(e) => {
+                    warn!("unix accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads a connection's first packet, and if it is a CONNECT for a session another
+    /// worker owns, hands the connection there; otherwise serves it here.
+    async fn connection(
+        self: Rc<Self>,
+        stream: Stream,
+        mut received: Vec<u8>,
+        remote: String,
+        settled: bool,
+    ) {
+        if !settled && self.shared.workers() > 1 {
+            match first_packet(&stream, received, self.shared.workers()).await {
+                Some((bytes, Some(owner))) if owner != self.index => {
+                    match stream.duplicate() {
+                        Ok(fd) => {
+                            let unix = stream.is_unix();
+                            drop(stream);
+                            self.shared.send(
+                                owner,
+                                WorkerMessage::Connection {
+                                    fd,
+                                    received: bytes,
+                                    remote,
+                                    unix,
+                                },
+                            );
+                        }
+                        Err(e) => warn!("handing a connection over failed: {e}"),
+                    }
+                    return;
+                }
+                Some((bytes, _)) => received = bytes,
+                None => return,
+            }
+        }
+        self.serve(stream, received, remote).await;
+    }
+
+    async fn serve(self: Rc<Self>, stream: Stream, received: Vec<u8>, remote: String) {
+        let stream = Rc::new(stream);
+        let now = self.now();
+        let id = self.broker.borrow_mut().open(now, Some(&remote));
+        let io = Rc::new(ConnIo {
+            writable: Notify::new(),
+            readable: Notify::new(),
+            closing: Cell::new(false),
+        });
+        self.conns.borrow_mut().insert(id, io.clone());
+        self.shared
+            .stats
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        tokio_uring::spawn(self.clone().writer(id, stream.clone(), io.clone()));
+        if !received.is_empty() {
+            self.input(id, &received);
+        }
+        let mut buf = Vec::with_capacity(MIN_READ);
+        loop {
+            if io.closing.get() {
+                break;
+            }
+            if !self.broker.borrow().wants_read(id) {
+                io.readable.notified().await;
+                continue;
+            }
+            let (result, mut filled) = stream.read(buf).await;
+            match result {
+                Ok(0) | Err(_) => {
+                    let now = self.now();
+                    self.broker.borrow_mut().connection_lost(now, id);
+                    self.after_input();
+                    break;
+                }
+                Ok(n) => {
+                    self.input(id, &filled[..n]);
+                    // Grow while reads fill the buffer; drop back to the small one when
+                    // the connection goes quiet, so idle connections hold little.
+                    let capacity = filled.capacity();
+                    let next = if n == capacity {
+                        (capacity * 2).min(MAX_READ)
+                    } else {
+                        n.next_power_of_two().clamp(MIN_READ, MAX_READ)
+                    };
+                    if next != capacity {
+                        filled = Vec::with_capacity(next);
+                    }
+                    filled.clear();
+                    buf = filled;
+                }
+            }
+        }
+    }
+
+    fn input(&self, id: ConnectionId, bytes: &[u8]) {
+        self.shared
+            .stats
+            .bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            trace_packets(id, bytes, "in");
+        }
+        let now = self.now();
+        self.broker.borrow_mut().handle_bytes(now, id, bytes);
+        self.after_input();
+    }
+
+    async fn writer(self: Rc<Self>, id: ConnectionId, stream: Rc<Stream>, io: Rc<ConnIo>) {
+        let mut buf = BytesMut::new();
+        'outer: loop {
+            io.writable.notified().await;
+            loop {
+                let now = self.now();
+                let n = self.broker.borrow_mut().poll_transmit(now, id, &mut buf);
+                self.after_input();
+                if n == 0 {
+                    break;
+                }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    trace_packets(id, &buf, "out");
+                }
+                let (result, written) = stream.write_all(buf).await;
+                buf = written;
+                buf.clear();
+                if result.is_err() {
+                    let now = self.now();
+                    self.broker.borrow_mut().connection_lost(now, id);
+                    self.after_input();
+                    break 'outer;
+                }
+                self.shared
+                    .stats
+                    .bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                io.readable.notify_one();
+            }
+            if io.closing.get() {
+                break;
+            }
+        }
+        // Everything the shard had for this connection is written: close it.
+        stream.shutdown();
+        io.closing.set(true);
+        io.readable.notify_one();
+        self.conns.borrow_mut().remove(&id);
+        self.broker.borrow_mut().release(id);
+        self.shared
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Drains what the shard produced: connections to write or close, messages for other
+    /// shards; and wakes the timer, whose deadline may have moved.
+    fn after_input(&self) {
+        let mut broker = self.broker.borrow_mut();
+        let conns = self.conns.borrow();
+        while let Some(id) = broker.poll_ready() {
+            if let Some(io) = conns.get(&id) {
+                io.writable.notify_one();
+            }
+        }
+        while let Some(id) = broker.poll_closed() {
+            if let Some(io) = conns.get(&id) {
+                io.closing.set(true);
+                io.writable.notify_one();
+                io.readable.notify_one();
+            } else {
+                broker.release(id);
+            }
+        }
+        while let Some((shard, message)) = broker.poll_shard_message() {
+            self.shared
+                .send(usize::from(shard), WorkerMessage::Shard(message));
+        }
+        drop(conns);
+        drop(broker);
+        self.timer.notify_one();
+    }
+
+    async fn timer_loop(self: Rc<Self>) {
+        loop {
+            let deadline = self.broker.borrow().poll_timeout();
+            match deadline {
+                Some(at) => {
+                    let when = self.shared.to_tokio(at);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(when) => {
+                            let now = self.now();
+                            self.broker.borrow_mut().handle_timeout(now);
+                            self.after_input();
+                        }
+                        _ = self.timer.notified() => {}
+                    }
+                }
+                None => self.timer.notified().await,
+            }
+        }
+    }
+
+    async fn sys_loop(self: Rc<Self>) {
+        let interval = Duration::from_secs(self.shared.config.sys.interval);
+        let mut reporter = SysReporter::new(self.shared.clone(), self.index);
+        loop {
+            {
+                let broker = self.broker.borrow();
+                reporter.record(&broker);
+            }
+            if self.index == 0 {
+                let now = self.now();
+                for message in reporter.messages() {
+                    self.broker.borrow_mut().publish(now, message);
+                }
+                self.after_input();
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    async fn inbox_loop(self: Rc<Self>, mut inbox: UnboundedReceiver<WorkerMessage>) {
+        while let Some(message) = inbox.recv().await {
+            match message {
+                WorkerMessage::Shard(message) => {
+                    let now = self.now();
+                    self.broker.borrow_mut().handle_shard_message(now, message);
+                    self.after_input();
+                }
+                WorkerMessage::Connection {
+                    fd,
+                    received,
+                    remote,
+                    unix,
+                } => {
+                    let stream = Stream::from_fd(fd, unix);
+                    tokio_uring::spawn(self.clone().connection(stream, received, remote, true));
+                }
+                WorkerMessage::Publish(message) => self.publish(message),
+                WorkerMessage::Shutdown => {
+                    self.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, message: Message) {
+        let now = self.now();
+        self.broker.borrow_mut().publish(now, message);
+        self.after_input();
+    }
+
+    /// Stops accepting, tells every client (DISCONNECT 0x8B to 5.0 clients), and waits a
+    /// little for the writers to flush.
+    async fn shutdown(&self) {
+        self.shutting_down.set(true);
+        let now = self.now();
+        self.broker.borrow_mut().shutdown(now);
+        self.after_input();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        info!(worker = self.index, "stopped");
+    }
+}
+
+/// Reads until the first packet is complete (or clearly not a CONNECT), returning the
+/// bytes read and the worker that owns the CONNECT's client identifier. `None` when the
+/// connection ended first.
+async fn first_packet(
+    stream: &Stream,
+    mut received: Vec<u8>,
+    workers: usize,
+) -> Option<(Vec<u8>, Option<usize>)> {
+    let decoder = Decoder::new(ProtocolVersion::V5);
+    loop {
+        match decoder.header(&received) {
+            Ok(Some(header)) if received.len() >= header.packet_len() => break,
+            Ok(_) => {}
+            // Malformed: let the local shard answer it.
+            Err(_) => return Some((received, None)),
+        }
+        let buf = Vec::with_capacity(MIN_READ * 4);
+        let (result, buf) = stream.read(buf).await;
+        match result {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    let owner = match decoder.decode(&received) {
+        Ok(Decoded::Packet {
+            packet: Packet::Connect(connect),
+            ..
+        }) if !connect.client_id.is_empty() => Some(connect.client_id.to_string()),
+        _ => None,
+    };
+    Some((
+        received,
+        owner.map(|id| usize::from(owner_shard(&id, workers as u16))),
+    ))
+}
+
+fn trace_packets(id: ConnectionId, mut bytes: &[u8], direction: &str) {
+    let decoder = Decoder::new(ProtocolVersion::V5);
+    while let Ok(Some(header)) = decoder.header(bytes) {
+        debug!(
+            connection = id.index(),
+            "{direction} {:?} ({} bytes)",
+            header.packet_type,
+            header.packet_len()
+        );
+        if header.packet_len() > bytes.len() {
+            break;
+        }
+        bytes = &bytes[header.packet_len()..];
+    }
+}
