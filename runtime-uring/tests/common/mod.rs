@@ -1,0 +1,266 @@
+//! Starts the real `petrel` binary on a free loopback port and stops it when dropped, and
+//! runs the real mosquitto command-line clients against it.
+
+// Each test binary uses a different part of this module, and `pub` here means "for the
+// test files", which the crate-level lint cannot see.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker process.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Broker {
+    /// `petrel --listen 127.0.0.1:0` with two workers (so cross-shard paths run too).
+    pub fn start() -> Broker {
+        Broker::start_with(&["--workers", "2"])
+    }
+
+    pub fn start_with(args: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_petrel"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start petrel");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("petrel printed nothing")
+            .expect("read stdout");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Broker {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "petrel did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `mosquitto_sub`. Its output is read as it comes (a full pipe would stall it
+/// and make it the slow subscriber), and handed over when it ends.
+pub struct Sub {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sub {
+    /// `mosquitto_sub -v` on `broker` with extra arguments; returns after giving it time to
+    /// connect and subscribe, so publishes after this are not missed.
+    pub fn start(broker: &Broker, args: &[&str]) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port(), "-v"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        // mosquitto_sub prints nothing on SUBACK; give it time to connect and subscribe.
+        std::thread::sleep(Duration::from_millis(300));
+        Sub {
+            child,
+            output,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for it to exit (it should have a -C count or -W timeout) and returns its lines.
+    pub fn lines(mut self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let out = self.output.lock().unwrap().clone();
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Kills it abruptly (no DISCONNECT), as a crashed client would end.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `mosquitto_pub` to completion; panics if it fails.
+pub fn publish(broker: &Broker, args: &[&str]) {
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port()])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(
+        output.status.success(),
+        "mosquitto_pub {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A client speaking raw MQTT through the codec, for what the command-line clients cannot
+/// do: send garbage, never read, see exact packets.
+pub struct RawClient {
+    pub stream: std::net::TcpStream,
+    pub version: petrel_codec::ProtocolVersion,
+    inbox: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(
+        broker: &Broker,
+        version: petrel_codec::ProtocolVersion,
+        client_id: &str,
+    ) -> RawClient {
+        let stream = std::net::TcpStream::connect(broker.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut client = RawClient {
+            stream,
+            version,
+            inbox: Vec::new(),
+        };
+        client.send(&petrel_codec::Packet::Connect(petrel_codec::Connect {
+            protocol_version: version,
+            clean_start: true,
+            keep_alive: 0,
+            properties: petrel_codec::Properties::default(),
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        }));
+        let connack = client.next_packet_type();
+        assert_eq!(connack, Some(petrel_codec::PacketType::ConnAck));
+        client
+    }
+
+    pub fn send(&mut self, packet: &petrel_codec::Packet<'_>) {
+        use std::io::Write;
+        let mut buf = vec![0; packet.encoded_len(self.version).unwrap()];
+        packet.encode(self.version, &mut buf).unwrap();
+        self.stream.write_all(&buf).expect("write");
+    }
+
+    /// The type (and for a DISCONNECT, the reason) of the next packet, or `None` at EOF.
+    pub fn next_packet(
+        &mut self,
+    ) -> Option<(petrel_codec::PacketType, Option<petrel_codec::ReasonCode>)> {
+        let decoder = petrel_codec::Decoder::new(self.version);
+        loop {
+            if let Ok(petrel_codec::Decoded::Packet { packet, len }) = decoder.decode(&self.inbox) {
+                let reason = match packet {
+                    petrel_codec::Packet::Disconnect(d) => Some(d.reason_code),
+                    petrel_codec::Packet::ConnAck(c) => Some(c.reason_code),
+                    _ => None,
+                };
+                let kind = packet.packet_type();
+                self.inbox.drain(..len);
+                return Some((kind, reason));
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    pub fn next_packet_type(&mut self) -> Option<petrel_codec::PacketType> {
+        self.next_packet().map(|(kind, _)| kind)
+    }
+}
