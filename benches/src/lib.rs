@@ -21,6 +21,8 @@
 
 use std::hint::black_box;
 
+pub mod load;
+
 use bytes::BytesMut;
 use petrel_codec::{
     Connect, Decoded, Decoder, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,

@@ -1,0 +1,5 @@
+//! `petrel-bench`: see `petrel-bench --help` and BENCHMARKS.md.
+
+fn main() -> std::process::ExitCode {
+    petrel_benches::load::cli::main()
+}
