@@ -231,7 +231,16 @@ impl Worker {
         settled: bool,
     ) {
         if !settled && self.shared.workers() > 1 {
-            match first_packet(&stream, received, self.shared.workers()).await {
+            // The shard's connect timeout does not run before the shard sees the
+            // connection, so this read has its own.
+            let limit = self.shared.server_config.connect_timeout;
+            let first = tokio::time::timeout(
+                limit,
+                first_packet(&stream, received, self.shared.workers()),
+            )
+            .await
+            .unwrap_or(None);
+            match first {
                 Some((bytes, Some(owner))) if owner != self.index => {
                     match stream.duplicate() {
                         Ok(fd) => {
@@ -252,7 +261,12 @@ impl Worker {
                     return;
                 }
                 Some((bytes, _)) => received = bytes,
-                None => return,
+                None => {
+                    // Shut down, not just drop: a read still posted would keep the socket
+                    // open until the peer sends something.
+                    stream.shutdown();
+                    return;
+                }
             }
         }
         self.serve(stream, received, remote).await;

@@ -272,3 +272,38 @@ fn a_thousand_clients_connect_and_receive() {
         assert_eq!(client.next_packet_type(), Some(PacketType::Publish));
     }
 }
+
+#[test]
+fn a_silent_connection_is_closed_after_the_connect_timeout() {
+    let config = std::env::temp_dir().join(format!("petrel-silent-{}.toml", std::process::id()));
+    std::fs::write(&config, "[limits]\nconnect_timeout = 1\n").unwrap();
+    let broker = Broker::start_with(&["--workers", "2", "--config", config.to_str().unwrap()]);
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(broker.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut stream, &mut rest).is_ok();
+    let _ = std::fs::remove_file(&config);
+    assert!(closed && rest.is_empty(), "closed without a word");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_bad_config_file_names_the_line() {
+    let config = std::env::temp_dir().join(format!("petrel-bad-{}.toml", std::process::id()));
+    std::fs::write(&config, "workers = 1\n[limits]\nmaximum_qos = \"two\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+}
