@@ -308,7 +308,8 @@ pub(crate) fn decode_body(
     let packet = match packet_type {
         T::Connect => Packet::Connect(decode_connect(body)?),
         T::ConnAck => Packet::ConnAck(decode_connack(body, version)?),
-        T::Publish => Packet::Publish(decode_publish(flags, body, version)?),
+        // The hot path builds its `Decoded` itself, saving the copy of the packet into it.
+        T::Publish => return decode_publish(flags, body, version, len),
         T::PubAck => Packet::PubAck(decode_pub_response(T::PubAck, body, version)?),
         T::PubRec => Packet::PubRec(decode_pub_response(T::PubRec, body, version)?),
         T::PubRel => Packet::PubRel(decode_pub_response(T::PubRel, body, version)?),
@@ -455,14 +456,15 @@ fn decode_publish(
     flags: u8,
     body: &[u8],
     version: ProtocolVersion,
-) -> Result<Publish<'_>, DecodeError> {
+    len: usize,
+) -> Result<Decoded<'_>, DecodeError> {
     let dup = flags & 0b1000 != 0;
     let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
     let retain = flags & 0b0001 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0);
     }
-    let (mut input, topic) = wire::finish(wire::utf8(body))?;
+    let (mut input, (topic, wildcard)) = wire::finish(wire::topic_utf8(body))?;
     let mut packet_id_field = None;
     if qos != QoS::AtMostOnce {
         let (rest, id) = wire::finish(packet_id(input))?;
@@ -484,17 +486,21 @@ fn decode_publish(
         if properties.topic_alias.is_none() {
             return Err(DecodeError::EmptyTopicWithoutAlias);
         }
-    } else {
-        validate_topic_name(topic)?;
+    } else if wildcard {
+        // validate_topic_name's rule, from the scan that already looked for U+0000.
+        return Err(DecodeError::InvalidTopicName);
     }
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        packet_id: packet_id_field,
-        properties,
-        payload,
+    Ok(Decoded::Packet {
+        packet: Packet::Publish(Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            packet_id: packet_id_field,
+            properties,
+            payload,
+        }),
+        len,
     })
 }
 
