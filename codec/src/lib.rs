@@ -43,7 +43,9 @@
 //!
 //! # Features
 //!
-//! - `std` (default): `std::error::Error` for the errors and [`Packet::encode_to_bytes`].
+//! - `std` (default): `std::error::Error` for the errors; turns on `bytes`.
+//! - `bytes`: [`Packet::encode_to_bytes`], appending to a `bytes::BytesMut` (needs a heap,
+//!   not `std`).
 //! - `defmt`: `defmt::Format` for packets and errors, for logging on microcontrollers.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -89,7 +91,7 @@ impl Packet<'_> {
     }
 
     /// Appends the encoded packet to `out`, returning the number of bytes appended.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "bytes")]
     pub fn encode_to_bytes(
         &self,
         version: ProtocolVersion,
