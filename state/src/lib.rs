@@ -13,6 +13,7 @@
 //! The [`client`] module needs neither `std` nor a heap, so the same client runs on a
 //! microcontroller, in the proxy's upstream side and in the load generator.
 #![no_std]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
