@@ -606,44 +606,38 @@ async fn run(config: &Config) -> Result<Report, String> {
     }
     let mut window_started = warmup == 0;
     let ready = Live::get(&ctx.live.ready) as usize;
+    // Everything the publishers of a count-bounded run will send.
+    let total = ctx.count.map(|n| n.saturating_mul(publishers as u64));
+    let all_sent = || total.is_some_and(|t| Live::get(&ctx.live.sent) >= t);
+    let publishers_done = || Live::get(&ctx.live.publishers_done) as usize >= publishers;
+    let stop_now = || match config.topology {
+        Topology::Conn { .. } => false,
+        Topology::Sub { .. } => Live::get(&ctx.live.subscribers_done) as usize >= ready,
+        _ => publishers_done() || all_sent(),
+    };
     loop {
         let now = ctx.clock.elapsed_ns();
         if !window_started && now >= window_start {
             trackers.window_start(now as f64 / 1e9);
             window_started = true;
         }
-        let done = match config.topology {
-            Topology::Conn { .. } => now >= end,
-            Topology::Sub { .. } => {
-                now >= end || Live::get(&ctx.live.subscribers_done) as usize >= ready
+        if now >= end || stop_now() {
+            if !publishers_done() && publishers > 0 {
+                // Publishers stop on their own; wait for their last acknowledgements, but
+                // not for ever (a broker may never acknowledge).
+                let limit = ctx.clock.elapsed_ns() + config.drain.as_nanos() as u64;
+                wait_until(&ctx, &mut trackers, &mut progress, "finish", limit, || {
+                    publishers_done()
+                })
+                .await;
             }
-            _ => {
-                Live::get(&ctx.live.publishers_done) as usize >= publishers
-                    || (now >= end && publishers == 0)
-            }
-        };
-        if done {
             break;
         }
         let next = if window_started { end } else { window_start };
-        let _ = wait_until(&ctx, &mut trackers, &mut progress, "run", next, || false).await;
-        if ctx.clock.elapsed_ns() >= end && end != u64::MAX {
-            // Publishers stop on their own at `end`; wait for them below, but not for
-            // ever (a publisher stuck on a full window waits for acknowledgements).
-            let limit = ctx.clock.elapsed_ns() + config.drain.as_nanos() as u64;
-            wait_until(&ctx, &mut trackers, &mut progress, "finish", limit, || {
-                Live::get(&ctx.live.publishers_done) as usize >= publishers
-                    || !matches!(
-                        config.topology,
-                        Topology::FanIn { .. }
-                            | Topology::FanOut { .. }
-                            | Topology::Pairs { .. }
-                            | Topology::Pub { .. }
-                    )
-            })
-            .await;
-            break;
-        }
+        wait_until(&ctx, &mut trackers, &mut progress, "run", next, || {
+            stop_now()
+        })
+        .await;
     }
     let stopped = ctx.clock.elapsed_ns();
     if !window_started {
