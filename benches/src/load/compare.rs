@@ -141,6 +141,17 @@ fn ratio(a: Option<Spread>, b: Option<Spread>) -> String {
 }
 
 fn describe(r: &Report) -> String {
+    if r.publishers == 0 && r.subscribers == 0 {
+        return format!(
+            "{}: {} connections opened as fast as the broker accepts them (at most {} \
+             attempts in progress), then held {:.0} s; *broker RSS per conn* is its memory \
+             growth divided by the connections",
+            r.transport,
+            r.connections.attempted,
+            super::run::MAX_CONNECTING,
+            r.measured_s
+        );
+    }
     let mut s = format!(
         "{}, QoS {}, {} B payload, {} → {}",
         r.transport.replace("raw", "MQTT-sized frames"),
@@ -218,8 +229,11 @@ pub fn generate(opts: &ReportOptions) -> Result<String, String> {
         );
     }
     for scenario in &scenarios {
+        // Described by a broker's run: the ceiling's runs are at QoS 0 through the relay.
         let first = targets
             .iter()
+            .filter(|t| **t != opts.ceiling)
+            .chain(std::iter::once(&opts.ceiling))
             .find_map(|t| cells.get(&(scenario.clone(), t.clone())))
             .and_then(|c| c.reports.first());
         let Some(first) = first else { continue };
@@ -405,17 +419,20 @@ pub fn generate(opts: &ReportOptions) -> Result<String, String> {
                 })
             })
             .collect();
-        let series = |f: &dyn Fn(&Cell) -> Option<Spread>| -> Vec<(String, Vec<Option<Spread>>)> {
+        // Each target keeps its colour (its place in the target list) whether or not
+        // the others ran.
+        let series = |f: &dyn Fn(&Cell) -> Option<Spread>| -> Vec<Series> {
             targets
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(i, t)| {
                     let values = message_scenarios
                         .iter()
                         .map(|s| cells.get(&((*s).clone(), t.clone())).and_then(f))
                         .collect();
-                    (t.clone(), values)
+                    (t.clone(), i, values)
                 })
-                .filter(|(_, v): &(String, Vec<Option<Spread>>)| v.iter().any(Option::is_some))
+                .filter(|(_, _, v): &Series| v.iter().any(Option::is_some))
                 .collect()
         };
         let names: Vec<String> = message_scenarios.iter().map(|s| (*s).clone()).collect();
@@ -459,6 +476,9 @@ pub fn splice(markdown: &str, section: &str) -> String {
     out
 }
 
+/// A target's name, colour index and one value per scenario.
+type Series = (String, usize, Vec<Option<Spread>>);
+
 const PALETTE: [RGBColor; 6] = [
     RGBColor(150, 150, 150),
     RGBColor(31, 119, 180),
@@ -475,7 +495,7 @@ fn bar_chart(
     title: &str,
     y_label: &str,
     groups: &[String],
-    series: &[(String, Vec<Option<Spread>>)],
+    series: &[Series],
     scale: f64,
 ) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -483,7 +503,7 @@ fn bar_chart(
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let top = series
         .iter()
-        .flat_map(|(_, v)| v.iter().flatten().map(|s| s.max * scale))
+        .flat_map(|(_, _, v)| v.iter().flatten().map(|s| s.max * scale))
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.1;
@@ -501,7 +521,7 @@ fn bar_chart(
         .disable_x_axis()
         .y_desc(y_label)
         .y_label_formatter(&|v| {
-            if *v >= 1000.0 {
+            if *v >= 1000.0 || *v == 0.0 {
                 fmt_rate(*v)
             } else {
                 format!("{v:.2}")
@@ -511,8 +531,8 @@ fn bar_chart(
         .map_err(|e| err(&e))?;
     let k = series.len().max(1) as f64;
     let width = 0.8 / k;
-    for (si, (name, values)) in series.iter().enumerate() {
-        let color = PALETTE[si % PALETTE.len()];
+    for (si, (name, colour, values)) in series.iter().enumerate() {
+        let color = PALETTE[colour % PALETTE.len()];
         let x0 = |gi: usize| gi as f64 - 0.4 + si as f64 * width;
         chart
             .draw_series(values.iter().enumerate().filter_map(|(gi, v)| {

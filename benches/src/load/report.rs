@@ -187,6 +187,20 @@ impl Report {
             .as_deref()
             .map(|l| format!(" [{l}]"))
             .unwrap_or_default();
+        if self.publishers == 0 && self.subscribers == 0 {
+            let _ = writeln!(
+                o,
+                "{}{label}  {}  {}  {} connections, held {:.1} s",
+                self.scenario,
+                self.target,
+                self.transport,
+                self.connections.attempted,
+                self.measured_s
+            );
+            self.connection_lines(&mut o);
+            self.process_lines(&mut o);
+            return o;
+        }
         let _ = writeln!(
             o,
             "{}{label}  {}  {}  qos {}  {} B payload  {} publishers → {} subscribers",
@@ -267,6 +281,12 @@ impl Report {
                 let _ = writeln!(o, "  latency    {}", fmt_percentiles(l));
             }
         }
+        self.connection_lines(&mut o);
+        self.process_lines(&mut o);
+        o
+    }
+
+    fn connection_lines(&self, o: &mut String) {
         let c = &self.connections;
         let mut line = format!(
             "  connections {} established, {} failed, {} dropped ({} conn/s)",
@@ -287,6 +307,9 @@ impl Report {
         for (error, n) in &c.errors {
             let _ = writeln!(o, "    {n} × {error}");
         }
+    }
+
+    fn process_lines(&self, o: &mut String) {
         if let Some(b) = &self.broker {
             let _ = writeln!(
                 o,
@@ -313,7 +336,6 @@ impl Report {
         for w in &self.warnings {
             let _ = writeln!(o, "  warning: {w}");
         }
-        o
     }
 }
 

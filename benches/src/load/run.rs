@@ -514,6 +514,11 @@ async fn run(config: &Config) -> Result<Report, String> {
     let settled =
         |ctx: &Ctx, n: usize| Live::get(&ctx.live.ready) + Live::get(&ctx.live.failed) >= n as u64;
     let conn_started_ns = ctx.clock.elapsed_ns();
+    let is_conn = matches!(config.topology, Topology::Conn { .. });
+    if is_conn {
+        // `conn` measures the broker while it accepts the connections and holds them.
+        trackers.window_start(conn_started_ns as f64 / 1e9);
+    }
 
     // Subscribers first, so that nothing published is missed; then publishers.
     let subscribers = plan.subscribers.len();
@@ -585,7 +590,6 @@ async fn run(config: &Config) -> Result<Report, String> {
 
     // Publishing.
     let start = ctx.clock.elapsed_ns();
-    let is_conn = matches!(config.topology, Topology::Conn { .. });
     let warmup = if is_conn {
         0
     } else {
@@ -601,7 +605,7 @@ async fn run(config: &Config) -> Result<Report, String> {
     ctx.window_start_ns.store(window_start, Ordering::Release);
     ctx.end_ns.store(end, Ordering::Release);
     let _ = phase_tx.send(Phase::Run);
-    if warmup == 0 {
+    if warmup == 0 && !is_conn {
         trackers.window_start(start as f64 / 1e9);
     }
     let mut window_started = warmup == 0;
@@ -900,7 +904,7 @@ fn build_report(
         inflight: ctx.inflight,
         count: config.count,
         duration_s: config.duration.map(|d| d.as_secs_f64()),
-        warmup_s: if duration_run {
+        warmup_s: if duration_run && !matches!(config.topology, Topology::Conn { .. }) {
             config.warmup.as_secs_f64()
         } else {
             0.0
