@@ -147,6 +147,8 @@ struct SessionEntry {
     subscriptions: BTreeMap<String, StoredSubscription>,
     pending_will: Option<(Instant, Will)>,
     expires_at: Option<Instant>,
+    /// The store holds a record of this session (it was saved, or restored from there).
+    stored: bool,
 }
 
 struct SharedMember {
@@ -274,6 +276,7 @@ impl Broker {
                 subscriptions: BTreeMap::new(),
                 pending_will: record.pending_will.clone(),
                 expires_at: session.expires_at,
+                stored: true,
             });
             if let Some(at) = session.expires_at {
                 self.timers.insert((at, Timer::SessionExpiry(key)));
@@ -389,9 +392,13 @@ impl Broker {
         if state.barrier > 0 {
             return 0;
         }
-        let before = state.conn.session().map(Session::inflight);
+        // The queue's length counts too: a QoS 0 message queued offline leaves the queue
+        // without entering the in-flight window, and a store still holding it would send it
+        // again after a restart.
+        let footprint = |s: &Session| (s.inflight(), s.queue.len());
+        let before = state.conn.session().map(footprint);
         let n = state.conn.poll_transmit(now, out);
-        let after = state.conn.session().map(Session::inflight);
+        let after = state.conn.session().map(footprint);
         let refilled = state.conn.pending_transmit() > 0;
         let session = state.session;
         if refilled {
@@ -706,6 +713,14 @@ impl Broker {
     /// Handles every event a connection produced.
     fn drain(&mut self, now: Instant, id: ConnectionId) {
         self.touched_conns.insert(id);
+        // Packets that raise no event change the session too: a PUBREC moves a delivery to
+        // "awaiting PUBCOMP" and answers PUBREL, a PUBREL clears an exactly-once marker. The
+        // session is saved before those answers leave, or a restart would re-send a QoS 2
+        // message the client has already completed (and forgotten), or keep a stale marker
+        // that swallows the client's next message with that packet identifier.
+        if let Some(key) = self.conn(id).and_then(|state| state.session) {
+            self.touched_sessions.insert(key);
+        }
         loop {
             let Some(state) = self.conn_mut(id) else {
                 return;
@@ -930,6 +945,7 @@ impl Broker {
             subscriptions: BTreeMap::new(),
             pending_will: None,
             expires_at: None,
+            stored: false,
         })
     }
 
@@ -1673,6 +1689,17 @@ impl Broker {
     }
 
     fn end_input(&mut self, now: Instant) {
+        // Acknowledgements are completed before the sessions are saved: completing a QoS 2
+        // PUBREC records its exactly-once marker, which must be stored in the same batch as
+        // the copies the message was routed to, or a restart before the publisher's next save
+        // would route its re-sent PUBLISH again [MQTT-4.3.3-9]. Their bytes still wait for
+        // the batch: the publisher's connection is touched by this input, so a pending batch
+        // holds them behind its barrier.
+        for (id, packet_id, reason) in core::mem::take(&mut self.held_acks) {
+            if let Some(state) = self.conn_mut(id) {
+                let _ = state.conn.complete_publish(now, packet_id, reason);
+            }
+        }
         let touched = core::mem::take(&mut self.touched_sessions);
         if self.storage.keeps_sessions() {
             for key in touched {
@@ -1692,24 +1719,30 @@ impl Broker {
                     })
                     .is_some_and(|e| e > 0);
                 if !persistent {
+                    // A stored session that a CONNECT resumed with expiry 0 now ends with its
+                    // connection [MQTT-3.1.2-23]: its old record must not bring it back
+                    // after a restart.
+                    if entry.stored {
+                        self.storage.delete_session(&entry.client_id);
+                        if let Some(entry) = self.sessions[key as usize].as_mut() {
+                            entry.stored = false;
+                        }
+                    }
                     continue;
                 }
                 if let Some(record) = self.record_of(key) {
                     self.storage.save_session(&record);
+                    if let Some(entry) = self.sessions[key as usize].as_mut() {
+                        entry.stored = true;
+                    }
                 }
             }
         }
-        let acks = core::mem::take(&mut self.held_acks);
         let conns: Vec<ConnectionId> = core::mem::take(&mut self.touched_conns)
             .into_iter()
             .collect();
         match self.storage.commit() {
             Durability::Durable => {
-                for (id, packet_id, reason) in acks {
-                    if let Some(state) = self.conn_mut(id) {
-                        let _ = state.conn.complete_publish(now, packet_id, reason);
-                    }
-                }
                 self.touched_conns.extend(conns);
             }
             Durability::Pending(token) => {
@@ -1718,7 +1751,7 @@ impl Broker {
                         state.barrier += 1;
                     }
                 }
-                self.awaiting.insert(token, (acks, conns.clone()));
+                self.awaiting.insert(token, (Vec::new(), conns.clone()));
                 self.touched_conns.extend(conns);
             }
         }

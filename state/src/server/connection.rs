@@ -586,6 +586,22 @@ impl ServerConnection {
     /// transmit buffer, or drops it (counted) when it cannot be sent: QoS 0 behind a full
     /// buffer, anything past the queue limits, larger than the client accepts, or expired.
     pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+        if self.state == State::Closed {
+            // Closed, but the broker has not taken the session back yet: it is still handling
+            // the events that came before the close (a client's own publish followed by
+            // DISCONNECT in one read). The message waits in the session, as for any offline
+            // client; handed back, it would find no detached session to go to.
+            if let Some(session) = self.session.as_mut() {
+                let limits = self.config.queue;
+                if delivery.qos != QoS::AtMostOnce || limits.queue_qos0_offline {
+                    return if session.enqueue(delivery, &limits) {
+                        DeliveryOutcome::Queued
+                    } else {
+                        DeliveryOutcome::Dropped(DropReason::QueueFull)
+                    };
+                }
+            }
+        }
         if self.state != State::Connected {
             return DeliveryOutcome::NotConnected(delivery);
         }
@@ -601,6 +617,16 @@ impl ServerConnection {
             if buffer_full {
                 session.dropped.qos0_buffer_full += 1;
                 return DeliveryOutcome::Dropped(DropReason::BufferFull);
+            }
+            // A QoS 0 message queued while the client was away (`queue_qos0_offline`) and
+            // still waiting behind the in-flight window goes out first [MQTT-4.6.0-6].
+            if session.queue.iter().any(|d| d.qos == QoS::AtMostOnce) {
+                let limits = self.config.queue;
+                return if session.enqueue(delivery, &limits) {
+                    DeliveryOutcome::Queued
+                } else {
+                    DeliveryOutcome::Dropped(DropReason::QueueFull)
+                };
             }
             return self.send_delivery(now, delivery);
         }
