@@ -106,6 +106,22 @@ pub struct BrokerStats {
 
 type SessionKey = u32;
 
+/// What routing needs of a subscription (the filter is the trie's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SubscriptionSpec {
+    options: petrel_codec::SubscriptionOptions,
+    identifier: Option<u32>,
+}
+
+impl SubscriptionSpec {
+    fn of(subscription: &StoredSubscription) -> Self {
+        SubscriptionSpec {
+            options: subscription.options,
+            identifier: subscription.identifier,
+        }
+    }
+}
+
 /// An acknowledgement waiting for the store: connection, packet identifier, reason.
 type HeldAck = (ConnectionId, PacketId, ReasonCode);
 
@@ -178,7 +194,8 @@ pub struct Broker {
     sessions: Vec<Option<SessionEntry>>,
     free_sessions: Vec<SessionKey>,
     by_client_id: BTreeMap<String, SessionKey>,
-    subscriptions: SubscriptionTrie<SessionKey, StoredSubscription>,
+    /// Plain subscriptions; the values are small and `Copy` so routing copies no string.
+    subscriptions: SubscriptionTrie<SessionKey, SubscriptionSpec>,
     groups: BTreeMap<String, SharedGroup>,
     group_ids: BTreeMap<String, u32>,
     group_names: BTreeMap<u32, String>,
@@ -200,7 +217,7 @@ pub struct Broker {
     stats: BrokerStats,
     retained_sweep_scheduled: bool,
     next_assigned_id: u64,
-    scratch: Vec<(SessionKey, StoredSubscription)>,
+    scratch: Vec<(SessionKey, SubscriptionSpec)>,
 }
 
 impl core::fmt::Debug for Broker {
@@ -1059,7 +1076,7 @@ impl Broker {
             .for_each_match(&message.topic, |key, subscription| {
                 // [MQTT-3.8.3-3]: No Local.
                 if !(subscription.options.no_local && Some(*key) == publisher) {
-                    matches.push((*key, subscription.clone()));
+                    matches.push((*key, *subscription));
                 }
             });
         matches.sort_by_key(|(key, _)| *key);
@@ -1520,7 +1537,8 @@ impl Broker {
                 }
             }
             None => {
-                self.subscriptions.insert(&filter, key, subscription);
+                self.subscriptions
+                    .insert(&filter, key, SubscriptionSpec::of(&subscription));
                 if !replaced {
                     self.add_interest(&filter);
                 }
