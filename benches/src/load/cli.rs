@@ -145,7 +145,9 @@ pub struct LoadArgs {
     /// pairs, qos2-roundtrip), at every QoS: sent but not yet received by all its
     /// subscribers, so an unpaced run measures what the broker sustains instead of how
     /// much the sockets and queues in between can hold. At QoS 1/2 also: sent but not yet
-    /// acknowledged (the only bound for `pub`).
+    /// acknowledged (the only bound for `pub`). Over 3.1.1 a client cannot learn the
+    /// broker's limit: mosquitto closes a client with more than 20 QoS 2 messages awaiting
+    /// PUBREL (its max_inflight_messages), so stay below it there.
     #[arg(short, long, default_value_t = 64)]
     pub inflight: usize,
     /// The longest wait for messages still on their way after publishing stops; what has

@@ -123,7 +123,12 @@ fn load(dir: &Path) -> Result<Vec<Report>, String> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
-    paths.sort();
+    // In the order they were written: the order the script ran the scenarios in.
+    paths.sort_by_key(|p| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    });
     for p in paths {
         let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let report: Report =
@@ -367,6 +372,14 @@ pub fn generate(opts: &ReportOptions) -> Result<String, String> {
             .get(&(scenario.clone(), opts.ceiling.clone()))
             .and_then(Cell::throughput);
         let Some(relay) = relay else { continue };
+        // A paced scenario drives the same rate everywhere: it says nothing of headroom.
+        let paced = cells
+            .get(&(scenario.clone(), opts.ceiling.clone()))
+            .and_then(|c| c.reports.first())
+            .is_some_and(|r| r.rate_limit.is_some());
+        if paced {
+            continue;
+        }
         let mut best: Option<(String, Spread)> = None;
         let mut gen_cost = Vec::new();
         for p in &peers {

@@ -416,7 +416,10 @@ impl<'c> Driver<'c> {
         } else {
             Interest::READABLE
         };
-        let sleep_for = Duration::from_nanos(deadline.saturating_sub(now_ns));
+        if deadline <= now_ns {
+            return Ok(());
+        }
+        let sleep_for = Duration::from_nanos(deadline - now_ns);
         let stream = &self.io.stream;
         let phase_rx = &mut self.phase;
         tokio::select! {
@@ -434,8 +437,9 @@ impl<'c> Driver<'c> {
     fn next_publish_ns(&self, now_ns: u64, sent: u64) -> u64 {
         let end = self.ctx.end_ns.load(Ordering::Acquire);
         let Some(rate) = self.ctx.rate_per_publisher else {
-            // Unpaced: the window or the socket holds it back, and both wake it up.
-            return end;
+            // Unpaced and not held back (the caller checked): publish now. Waiting for an
+            // event here would miss a window that opened after the last attempt.
+            return now_ns;
         };
         let start = self.ctx.start_ns.load(Ordering::Acquire);
         // Message k (from 0) is due at start + (k - offset) / rate.

@@ -590,7 +590,8 @@ async fn run(config: &Config) -> Result<Report, String> {
 
     // Publishing.
     let start = ctx.clock.elapsed_ns();
-    let warmup = if is_conn {
+    // A count-bounded run measures every message: no warm-up.
+    let warmup = if is_conn || config.duration.is_none() {
         0
     } else {
         config.warmup.as_nanos() as u64
