@@ -822,9 +822,30 @@ impl World {
     /// Opens a connection to the owner shard and sends CONNECT.
     fn connect(&mut self, c: usize) -> Result<(), String> {
         self.summary.connects += 1;
+        let now = self.now;
         let client = &mut self.clients[c];
         client.reconnect_at = None;
-        let clean_start = client.persistence == Persistence::Clean;
+        // A CONNACK that says "new session" can be lost (a crash, a drop), and a later one
+        // then calls that new session "present": a client that kept in-flight publishes or
+        // exactly-once markers would carry them into a session that never knew them (the
+        // marker is never released, and swallows the next message with its identifier; a
+        // QoS 2 publish re-sent there is routed a second time). MQTT leaves this to the
+        // application: one that may have outlived its session, and holds such state, starts
+        // clean. The margin covers a CONNECT that reaches the broker a round later.
+        let may_have_ended = |until: Option<Instant>| {
+            until.is_some_and(|until| now + Duration::from_secs(60) >= until)
+        };
+        let session_may_be_gone = match client.session {
+            SessionModel::Absent => true,
+            SessionModel::Present { until } => may_have_ended(until),
+            SessionModel::Unknown {
+                until,
+                maybe_replaced,
+            } => maybe_replaced || may_have_ended(until),
+        };
+        let holds_state = client.mqtt.packet_ids_in_use() > 0 || client.mqtt.incoming_qos2() > 0;
+        let clean_start =
+            client.persistence == Persistence::Clean || (session_may_be_gone && holds_state);
         if client.persistence == Persistence::Fickle
             && client.mqtt.packet_ids_in_use() == 0
             && client.mqtt.incoming_qos2() == 0
