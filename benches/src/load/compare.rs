@@ -449,12 +449,28 @@ pub fn generate(opts: &ReportOptions) -> Result<String, String> {
                 .collect()
         };
         let names: Vec<String> = message_scenarios.iter().map(|s| (*s).clone()).collect();
+        // A paced scenario's throughput is its pace: left out of the throughput chart.
+        let unpaced = |c: &Cell| {
+            c.reports
+                .first()
+                .is_some_and(|r| r.rate_limit.is_none())
+                .then(|| c.throughput())
+                .flatten()
+        };
+        let throughput = series(&unpaced);
+        let keep: Vec<usize> = (0..names.len())
+            .filter(|&i| throughput.iter().any(|(_, _, v)| v[i].is_some()))
+            .collect();
+        let pick = |v: &[Option<Spread>]| keep.iter().map(|&i| v[i]).collect::<Vec<_>>();
         bar_chart(
             &dir.join("throughput.svg"),
             "Delivered messages per second (median; whiskers: lowest and highest round)",
             "msg/s",
-            &names,
-            &series(&|c: &Cell| c.throughput()),
+            &keep.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
+            &throughput
+                .iter()
+                .map(|(n, c, v)| (n.clone(), *c, pick(v)))
+                .collect::<Vec<_>>(),
             1.0,
         )?;
         bar_chart(
