@@ -864,10 +864,11 @@ impl World {
         }
         let client = &mut self.clients[c];
         client.mqtt.set_clean_start(clean_start);
+        // 5.0 asks for an expiry whatever the clean start; 3.1.1's clean session decides it.
         let expiry = match (client.version, clean_start) {
-            (_, true) => 0,
+            (ProtocolVersion::V311, true) => 0,
             (ProtocolVersion::V311, false) => u32::MAX,
-            (_, false) => client.mqtt.options().session_expiry_interval,
+            _ => client.mqtt.options().session_expiry_interval,
         };
         client
             .mqtt
