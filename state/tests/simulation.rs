@@ -37,13 +37,17 @@
 //! connection with the same client identifier while the first stays open and unread), slow
 //! readers, clock jumps (keep-alive timeouts, session expiry), and broker restarts from the
 //! store (a crash, or a graceful shutdown). Clients reconnect after a random absence and
-//! resume their sessions.
+//! resume their sessions; one that may have outlived its session while holding in-flight
+//! publishes or exactly-once markers starts clean, as a careful application must (a lost
+//! CONNACK can hide that the session is new, and MQTT gives the client no way to know).
 //!
 //! # The invariants
 //!
 //! After every received packet (see `sim/oracle.rs`): QoS 2 never delivered twice, QoS 0
 //! never twice, a QoS 2 message routed once, nothing above its published QoS, and
-//! per-publisher order of first copies for each (subscriber, publisher, QoS). At every
+//! per-publisher order of first copies for each (subscriber, publisher, QoS), a QoS 1 message
+//! its publisher re-sent after losing its connection excepted (the broker, which cannot tell
+//! a re-send, routes it again, in the order it receives it). At every
 //! CONNACK: a session is resumed exactly when it must be (never one that ended with its
 //! connection, never lost before its expiry), and a takeover closed the old connection (a 5.0
 //! one with DISCONNECT 0x8E). On every transmit: the broker's outbound buffer for a
