@@ -33,6 +33,7 @@ pub mod config;
 mod hooks;
 mod shared;
 mod sys;
+mod transport;
 mod worker;
 
 use std::io;

@@ -7,8 +7,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,65 +24,7 @@ use tracing::{debug, info, warn};
 use crate::hooks::RuntimeHooks;
 use crate::shared::{Shared, WorkerMessage};
 use crate::sys::SysReporter;
-
-/// A connection's transport.
-pub(crate) enum Stream {
-    Tcp(tokio_uring::net::TcpStream),
-    Unix(tokio_uring::net::UnixStream),
-}
-
-impl Stream {
-    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::Unix(s) => s.read(buf).await,
-        }
-    }
-
-    async fn write_all(&self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
-        match self {
-            Stream::Tcp(s) => s.write_all(buf).await,
-            Stream::Unix(s) => s.write_all(buf).await,
-        }
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-        };
-    }
-
-    /// A second descriptor for the same socket, to hand the connection to another worker.
-    fn duplicate(&self) -> io::Result<OwnedFd> {
-        let raw = match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        };
-        // SAFETY: `raw` belongs to `self`, which is alive for this whole call, so the
-        // borrowed descriptor is open; `try_clone_to_owned` dups it into a new owned one.
-        #[allow(unsafe_code)]
-        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-        borrowed.try_clone_to_owned()
-    }
-
-    fn is_unix(&self) -> bool {
-        matches!(self, Stream::Unix(_))
-    }
-
-    /// Rebuilds a stream from a descriptor another worker handed over.
-    pub(crate) fn from_fd(fd: OwnedFd, unix: bool) -> Stream {
-        if unix {
-            Stream::Unix(tokio_uring::net::UnixStream::from_std(
-                std::os::unix::net::UnixStream::from(fd),
-            ))
-        } else {
-            Stream::Tcp(tokio_uring::net::TcpStream::from_std(
-                std::net::TcpStream::from(fd),
-            ))
-        }
-    }
-}
+use crate::transport::Stream;
 
 /// What the reader and writer of one connection share.
 struct ConnIo {
