@@ -140,9 +140,9 @@ struct ConnState {
     username: Option<String>,
     remote: Option<String>,
     version: ProtocolVersion,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// The CONNECT of an enhanced authentication exchange still under way.
-    pending_connect: Option<ConnectRequest>,
+    pending_connect: Option<Box<ConnectRequest>>,
     deadline: Option<Instant>,
     /// Store batches not yet durable that cover bytes in this connection's buffer.
     barrier: u32,
@@ -158,10 +158,10 @@ struct ConnSlot {
 struct SessionEntry {
     client_id: String,
     /// The session while no connection holds it.
-    detached: Option<Session>,
+    detached: Option<Box<Session>>,
     connection: Option<ConnectionId>,
     subscriptions: BTreeMap<String, StoredSubscription>,
-    pending_will: Option<(Instant, Will)>,
+    pending_will: Option<Box<(Instant, Will)>>,
     expires_at: Option<Instant>,
     /// The store holds a record of this session (it was saved, or restored from there).
     stored: bool,
@@ -291,7 +291,7 @@ impl Broker {
                 detached: None,
                 connection: None,
                 subscriptions: BTreeMap::new(),
-                pending_will: record.pending_will.clone(),
+                pending_will: record.pending_will.clone().map(Box::new),
                 expires_at: session.expires_at,
                 stored: true,
             });
@@ -302,7 +302,7 @@ impl Broker {
                 self.timers.insert((*at, Timer::Will(key)));
             }
             if let Some(entry) = self.sessions[key as usize].as_mut() {
-                entry.detached = Some(session);
+                entry.detached = Some(Box::new(session));
             }
             for subscription in record.subscriptions {
                 self.add_subscription(key, &client_id, subscription);
@@ -542,10 +542,11 @@ impl Broker {
                         .get_mut(key as usize)
                         .and_then(Option::as_mut)
                         .and_then(|e| match &e.pending_will {
-                            Some((when, _)) if *when == at => e.pending_will.take(),
+                            Some(pending) if pending.0 == at => e.pending_will.take(),
                             _ => None,
                         });
-                    if let Some((_, will)) = due {
+                    if let Some(pending) = due {
+                        let (_, will) = *pending;
                         self.touched_sessions.insert(key);
                         let client_id = self.sessions[key as usize]
                             .as_ref()
@@ -795,7 +796,7 @@ impl Broker {
         state.client_id.clone_from(&request.client_id);
         state.username.clone_from(&request.username);
         state.version = request.version;
-        state.will.clone_from(&request.will);
+        state.will = request.will.clone().map(Box::new);
         let Some(decision) = self.hook(id, |hooks, info| hooks.on_connect(info, &request)) else {
             return;
         };
@@ -806,7 +807,7 @@ impl Broker {
                     if state.conn.auth_continue(now, &data).is_err() {
                         let _ = state.conn.reject(now, ReasonCode::BadAuthenticationMethod);
                     } else {
-                        state.pending_connect = Some(request);
+                        state.pending_connect = Some(Box::new(request));
                     }
                 }
             }
@@ -893,7 +894,7 @@ impl Broker {
                     e.detached.take()
                 });
                 match session {
-                    Some(session) => (key, session, true),
+                    Some(session) => (key, *session, true),
                     None => (key, Session::new(client_id.clone(), 0), false),
                 }
             }
@@ -1422,7 +1423,7 @@ impl Broker {
         // QoS 1 messages a shared subscription gave this member go to another member now
         // [MQTT-4.8.2-5 allows it for QoS 1; QoS 2 waits for the session to end].
         let handed_back = take_shared(&mut session, false);
-        entry.detached = Some(session);
+        entry.detached = Some(Box::new(session));
         let expiry = info.session_expiry_interval;
         entry.expires_at = expiry_deadline(now, expiry);
         if let Some(will) = will.filter(|_| info.publish_will) {
@@ -1430,11 +1431,11 @@ impl Broker {
             // comes first.
             let delay = will.delay_interval.min(expiry);
             if delay == 0 {
-                self.publish_will(now, &client_id, will);
+                self.publish_will(now, &client_id, *will);
             } else {
                 let at = now + Duration::from_secs(u64::from(delay));
                 if let Some(entry) = self.sessions[key as usize].as_mut() {
-                    entry.pending_will = Some((at, will));
+                    entry.pending_will = Some(Box::new((at, *will)));
                 }
                 self.timers.insert((at, Timer::Will(key)));
             }
@@ -1477,7 +1478,8 @@ impl Broker {
         for filter in entry.subscriptions.keys() {
             self.unindex_subscription(key, &entry.client_id, filter);
         }
-        if let Some((_, will)) = entry.pending_will {
+        if let Some(pending) = entry.pending_will {
+            let (_, will) = *pending;
             self.publish_will(now, &entry.client_id, will);
         }
         if let Some(mut session) = entry.detached {
@@ -1697,12 +1699,12 @@ impl Broker {
         let entry = self.sessions.get(key as usize)?.as_ref()?;
         let session = match entry.connection {
             Some(id) => self.conn(id)?.conn.session()?.clone(),
-            None => entry.detached.clone()?,
+            None => Session::clone(entry.detached.as_deref()?),
         };
         Some(SessionRecord {
             session,
             subscriptions: entry.subscriptions.values().cloned().collect(),
-            pending_will: entry.pending_will.clone(),
+            pending_will: entry.pending_will.as_deref().cloned(),
         })
     }
 
@@ -1870,7 +1872,7 @@ fn session_load(sessions: &[Option<SessionEntry>], conns: &[ConnSlot], key: Sess
             .filter(|slot| slot.generation == id.generation)
             .and_then(|slot| slot.state.as_ref())
             .and_then(|s| s.conn.session()),
-        None => entry.detached.as_ref(),
+        None => entry.detached.as_deref(),
     };
     session.map_or(usize::MAX, |s| s.inflight() + s.queue.len())
 }

@@ -3,7 +3,6 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -339,7 +338,14 @@ impl ServerConnection {
 
     /// The next event for the broker.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            // Events are drained right after every input; keeping the queue's room (four
+            // events, about 1.5 KB) would make every idle connection pay for its busiest
+            // moment.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
@@ -811,7 +817,8 @@ impl ServerConnection {
         self.client_topic_alias_maximum = props.topic_alias_maximum.unwrap_or(0);
         self.request_response_information = props.request_response_information.unwrap_or(false);
         self.authentication_method = props.authentication_method.map(String::from);
-        self.inbound_aliases = vec![None; usize::from(self.config.topic_alias_maximum)];
+        // Grown on first use: most clients never use an alias, and each slot costs 16 bytes.
+        self.inbound_aliases = Vec::new();
         let will = connect.will.as_ref().map(|w| {
             let mut properties = MessageProperties::from_properties(&w.properties, frame, now);
             properties.expires_at = None;
@@ -922,9 +929,14 @@ impl ServerConnection {
             None => Arc::from(publish.topic),
             Some(alias) => {
                 // [MQTT-3.3.2-9]: an alias above the maximum we announced.
-                let Some(slot) = self.inbound_aliases.get_mut(usize::from(alias) - 1) else {
+                if alias == 0 || alias > self.config.topic_alias_maximum {
                     return self.fail(now, ReasonCode::TopicAliasInvalid);
-                };
+                }
+                let index = usize::from(alias) - 1;
+                if index >= self.inbound_aliases.len() {
+                    self.inbound_aliases.resize(index + 1, None);
+                }
+                let slot = &mut self.inbound_aliases[index];
                 if publish.topic.is_empty() {
                     match slot {
                         Some(topic) => topic.clone(),
