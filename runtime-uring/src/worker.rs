@@ -1,9 +1,11 @@
 //! One worker thread: a tokio-uring runtime driving one broker shard.
 //!
 //! The worker moves bytes and time; every protocol decision is the shard's. Per connection
-//! there is a reader task (read, hand the bytes to the shard) and a writer task (woken when
-//! the shard has bytes for it, writes everything it has in one call). Everything on a worker
-//! is single-threaded: the shard sits in a `RefCell`, and no lock is taken per message.
+//! there is a reader task (read, hand the bytes to the shard) and, only while the shard has
+//! bytes for it, a writer task (writes everything the shard has in one call, and ends when
+//! nothing is left, so an idle connection holds no writer and no write buffer). Everything
+//! on a worker is single-threaded: the shard sits in a `RefCell`, and no lock is taken per
+//! message.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,16 +30,18 @@ use crate::transport::Stream;
 
 /// What the reader and writer of one connection share.
 struct ConnIo {
-    /// The shard has bytes for this connection (or it is closing).
-    writable: Notify,
+    stream: Stream,
     /// The writer drained bytes, so a reader held back by backpressure may go on.
     readable: Notify,
+    /// The shard closed the connection: the writer flushes what is left and shuts it.
     closing: Cell<bool>,
+    /// A writer task is running.
+    writing: Cell<bool>,
 }
 
 /// The smallest read buffer, posted while a connection is idle: an idle connection holds
 /// this much, not a full-size buffer (tokio-uring 0.5 has no provided-buffer rings).
-const MIN_READ: usize = 256;
+const MIN_READ: usize = 128;
 /// The largest read buffer, reached by doubling while reads keep filling it.
 const MAX_READ: usize = 64 * 1024;
 
@@ -174,9 +178,11 @@ impl Worker {
             // The shard's connect timeout does not run before the shard sees the
             // connection, so this read has its own.
             let limit = self.shared.server_config.connect_timeout;
+            // Boxed: the connection's task would otherwise keep room for this future for
+            // as long as the connection lives.
             let first = tokio::time::timeout(
                 limit,
-                first_packet(&stream, received, self.shared.workers()),
+                Box::pin(first_packet(&stream, received, self.shared.workers())),
             )
             .await
             .unwrap_or(None);
@@ -213,20 +219,19 @@ impl Worker {
     }
 
     async fn serve(self: Rc<Self>, stream: Stream, received: Vec<u8>, remote: String) {
-        let stream = Rc::new(stream);
         let now = self.now();
         let id = self.broker.borrow_mut().open(now, Some(&remote));
         let io = Rc::new(ConnIo {
-            writable: Notify::new(),
+            stream,
             readable: Notify::new(),
             closing: Cell::new(false),
+            writing: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, io.clone());
         self.shared
             .stats
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
-        tokio_uring::spawn(self.clone().writer(id, stream.clone(), io.clone()));
         if !received.is_empty() {
             self.input(id, &received);
         }
@@ -239,7 +244,7 @@ impl Worker {
                 io.readable.notified().await;
                 continue;
             }
-            let (result, mut filled) = stream.read(buf).await;
+            let (result, mut filled) = io.stream.read(buf).await;
             match result {
                 Ok(0) | Err(_) => {
                     let now = self.now();
@@ -267,7 +272,7 @@ impl Worker {
         }
     }
 
-    fn input(&self, id: ConnectionId, bytes: &[u8]) {
+    fn input(self: &Rc<Self>, id: ConnectionId, bytes: &[u8]) {
         self.shared
             .stats
             .bytes_received
@@ -280,42 +285,51 @@ impl Worker {
         self.after_input();
     }
 
-    async fn writer(self: Rc<Self>, id: ConnectionId, stream: Rc<Stream>, io: Rc<ConnIo>) {
+    /// Starts the connection's writer unless one is running already.
+    fn wake_writer(self: &Rc<Self>, id: ConnectionId, io: &Rc<ConnIo>) {
+        if !io.writing.replace(true) {
+            tokio_uring::spawn(self.clone().writer(id, io.clone()));
+        }
+    }
+
+    /// Writes what the shard has for the connection until it has nothing left; then ends,
+    /// or closes the connection if the shard closed it.
+    async fn writer(self: Rc<Self>, id: ConnectionId, io: Rc<ConnIo>) {
+        // Filled by swapping with the connection's own transmit buffer: nothing is copied,
+        // and the buffer goes away with this task.
         let mut buf = BytesMut::new();
-        'outer: loop {
-            io.writable.notified().await;
-            loop {
-                let now = self.now();
-                let n = self.broker.borrow_mut().poll_transmit(now, id, &mut buf);
-                self.after_input();
-                if n == 0 {
-                    break;
-                }
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    trace_packets(id, &buf, "out");
-                }
-                let (result, written) = stream.write_all(buf).await;
-                buf = written;
-                buf.clear();
-                if result.is_err() {
-                    let now = self.now();
-                    self.broker.borrow_mut().connection_lost(now, id);
-                    self.after_input();
-                    break 'outer;
-                }
-                self.shared
-                    .stats
-                    .bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                io.readable.notify_one();
-            }
-            if io.closing.get() {
+        loop {
+            let now = self.now();
+            let n = self.broker.borrow_mut().poll_transmit(now, id, &mut buf);
+            self.after_input();
+            if n == 0 {
                 break;
             }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                trace_packets(id, &buf, "out");
+            }
+            let (result, written) = io.stream.write_all(buf).await;
+            buf = written;
+            buf.clear();
+            if result.is_err() {
+                let now = self.now();
+                io.closing.set(true);
+                self.broker.borrow_mut().connection_lost(now, id);
+                self.after_input();
+                break;
+            }
+            self.shared
+                .stats
+                .bytes_sent
+                .fetch_add(n as u64, Ordering::Relaxed);
+            io.readable.notify_one();
+        }
+        io.writing.set(false);
+        if !io.closing.get() {
+            return;
         }
         // Everything the shard had for this connection is written: close it.
-        stream.shutdown();
-        io.closing.set(true);
+        io.stream.shutdown();
         io.readable.notify_one();
         self.conns.borrow_mut().remove(&id);
         self.broker.borrow_mut().release(id);
@@ -327,18 +341,18 @@ impl Worker {
 
     /// Drains what the shard produced: connections to write or close, messages for other
     /// shards; and wakes the timer, whose deadline may have moved.
-    fn after_input(&self) {
+    fn after_input(self: &Rc<Self>) {
         let mut broker = self.broker.borrow_mut();
         let conns = self.conns.borrow();
         while let Some(id) = broker.poll_ready() {
             if let Some(io) = conns.get(&id) {
-                io.writable.notify_one();
+                self.wake_writer(id, io);
             }
         }
         while let Some(id) = broker.poll_closed() {
             if let Some(io) = conns.get(&id) {
                 io.closing.set(true);
-                io.writable.notify_one();
+                self.wake_writer(id, io);
                 io.readable.notify_one();
             } else {
                 broker.release(id);
@@ -418,7 +432,7 @@ impl Worker {
         }
     }
 
-    fn publish(&self, message: Message) {
+    fn publish(self: &Rc<Self>, message: Message) {
         let now = self.now();
         self.broker.borrow_mut().publish(now, message);
         self.after_input();
@@ -426,7 +440,7 @@ impl Worker {
 
     /// Stops accepting, tells every client (DISCONNECT 0x8B to 5.0 clients), and waits a
     /// little for the writers to flush.
-    async fn shutdown(&self) {
+    async fn shutdown(self: &Rc<Self>) {
         self.shutting_down.set(true);
         let now = self.now();
         self.broker.borrow_mut().shutdown(now);
