@@ -160,7 +160,7 @@ struct SessionEntry {
     /// The session while no connection holds it.
     detached: Option<Box<Session>>,
     connection: Option<ConnectionId>,
-    subscriptions: BTreeMap<String, StoredSubscription>,
+    subscriptions: SessionSubscriptions,
     pending_will: Option<Box<(Instant, Will)>>,
     expires_at: Option<Instant>,
     /// The store holds a record of this session (it was saved, or restored from there).
@@ -290,7 +290,7 @@ impl Broker {
                 client_id: client_id.clone(),
                 detached: None,
                 connection: None,
-                subscriptions: BTreeMap::new(),
+                subscriptions: SessionSubscriptions::default(),
                 pending_will: record.pending_will.clone().map(Box::new),
                 expires_at: session.expires_at,
                 stored: true,
@@ -960,7 +960,7 @@ impl Broker {
             client_id: String::from(client_id),
             detached: None,
             connection: None,
-            subscriptions: BTreeMap::new(),
+            subscriptions: SessionSubscriptions::default(),
             pending_will: None,
             expires_at: None,
             stored: false,
@@ -1475,8 +1475,8 @@ impl Broker {
         self.by_client_id.remove(&entry.client_id);
         self.touched_sessions.remove(&key);
         self.storage.delete_session(&entry.client_id);
-        for filter in entry.subscriptions.keys() {
-            self.unindex_subscription(key, &entry.client_id, filter);
+        for subscription in entry.subscriptions.iter() {
+            self.unindex_subscription(key, &entry.client_id, &subscription.filter);
         }
         if let Some(pending) = entry.pending_will {
             let (_, will) = *pending;
@@ -1516,10 +1516,7 @@ impl Broker {
         let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
             return;
         };
-        let replaced = entry
-            .subscriptions
-            .insert(filter.clone(), subscription.clone())
-            .is_some();
+        let replaced = entry.subscriptions.insert(subscription.clone()).is_some();
         match SharedFilter::parse(&filter).ok().flatten() {
             Some(_) => {
                 let owner = owner_shard(&filter, self.config.shard_count);
@@ -1703,7 +1700,7 @@ impl Broker {
         };
         Some(SessionRecord {
             session,
-            subscriptions: entry.subscriptions.values().cloned().collect(),
+            subscriptions: entry.subscriptions.iter().cloned().collect(),
             pending_will: entry.pending_will.as_deref().cloned(),
         })
     }
@@ -1875,4 +1872,49 @@ fn session_load(sessions: &[Option<SessionEntry>], conns: &[ConnSlot], key: Sess
         None => entry.detached.as_deref(),
     };
     session.map_or(usize::MAX, |s| s.inflight() + s.queue.len())
+}
+
+/// A session's subscriptions, sorted by filter.
+///
+/// A sorted `Vec` rather than a `BTreeMap`: most sessions hold one or a few subscriptions,
+/// and a map's first node alone has room for eleven (about 700 bytes here), where this
+/// holds exactly what the session subscribed to.
+#[derive(Debug, Default)]
+struct SessionSubscriptions(Vec<StoredSubscription>);
+
+impl SessionSubscriptions {
+    fn position(&self, filter: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|s| s.filter.as_str().cmp(filter))
+    }
+
+    fn get(&self, filter: &str) -> Option<&StoredSubscription> {
+        self.position(filter).ok().map(|i| &self.0[i])
+    }
+
+    fn contains_key(&self, filter: &str) -> bool {
+        self.position(filter).is_ok()
+    }
+
+    /// Adds or replaces the subscription to its filter; returns the one it replaced.
+    fn insert(&mut self, subscription: StoredSubscription) -> Option<StoredSubscription> {
+        match self.position(&subscription.filter) {
+            Ok(i) => Some(core::mem::replace(&mut self.0[i], subscription)),
+            Err(i) => {
+                self.0.insert(i, subscription);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, filter: &str) -> Option<StoredSubscription> {
+        let removed = self.position(filter).ok().map(|i| self.0.remove(i));
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        removed
+    }
+
+    fn iter(&self) -> core::slice::Iter<'_, StoredSubscription> {
+        self.0.iter()
+    }
 }
