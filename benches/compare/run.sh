@@ -11,7 +11,8 @@
 #              and the lowest and highest round
 #   DURATION   measured time of each load run (default 4s), after WARMUP (default 1s)
 #   SCENARIOS  space-separated subset of the scenario names below
-#   TARGETS    space-separated subset of: relay petrel mosquitto rumqttd
+#   TARGETS    space-separated subset of: relay petrel petrel-1w mosquitto rumqttd
+#              (petrel-1w is Petrel with one worker, to show what the second core adds)
 #   OUT        where results and logs go (default target/compare/<time>)
 #   RUMQTTD    path to a rumqttd binary (default: on PATH, else ~/.cargo/bin, else
 #              `cargo install rumqttd`, which takes several minutes)
@@ -28,22 +29,25 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
 WARMUP="${WARMUP:-1s}"
 OUT="${OUT:-target/compare/$(date +%Y%m%d-%H%M%S)}"
-TARGETS=(${TARGETS:-relay petrel mosquitto rumqttd})
+TARGETS=(${TARGETS:-relay petrel petrel-1w mosquitto rumqttd})
 
 # name | subcommand and its flags (host, port, label, duration and output are added).
 # Unpaced runs are bounded by the window (64 messages per publisher in flight end to end),
-# so they measure the rate a broker sustains; latency-5k measures latency at a fixed load
-# every broker here can carry. qos2-roundtrip keeps 16 in flight: a 3.1.1 client has no way
+# so they measure the rate a broker sustains; latency-20k measures latency at a fixed
+# 20,000 msg/s (the load the runtime issue sets its latency goal at). conn opens 10,000
+# connections that each subscribe to a topic of their own: the rate is of accept +
+# subscribe, and the broker's memory growth over them is its cost per idle client. qos2-roundtrip keeps 16 in flight: a 3.1.1 client has no way
 # to learn a broker's limit, and mosquitto closes a client that has more than its
 # max_inflight_messages (20) QoS 2 messages awaiting PUBREL.
 ALL_SCENARIOS=(
     "fan-in|fan-in --publishers 8 --qos 1"
-    "fan-out|fan-out --subscribers 8 --qos 0"
+    "fan-in-qos0|fan-in --publishers 8 --qos 0"
+    "fan-out|fan-out --subscribers 100 --qos 0"
     "pairs|pairs --pairs 8 --qos 0"
     "pairs-qos1|pairs --pairs 8 --qos 1"
     "qos2-roundtrip|qos2-roundtrip --pairs 4 --inflight 16"
-    "latency-5k|pairs --pairs 4 --qos 1 --rate 5000"
-    "conn|conn --clients 2000 --hold 1s"
+    "latency-20k|pairs --pairs 4 --qos 1 --rate 20000"
+    "conn|conn --clients 10000 --subscribe --hold 1s"
 )
 if [ -n "${SCENARIOS:-}" ]; then
     selected=()
@@ -94,7 +98,7 @@ fi
 
 # The broker binary of this repository; built separately (cargo build --release -p petrel).
 PETREL=target/release/petrel
-[ -x "$PETREL" ] || NOT_BUILT+=(petrel)
+[ -x "$PETREL" ] || NOT_BUILT+=(petrel petrel-1w)
 
 available() {
     local t
@@ -113,10 +117,12 @@ start_target() {
     relay)
         "$BENCH" relay --listen "127.0.0.1:$port" >"$dir/log" 2>&1 &
         ;;
-    petrel)
+    petrel | petrel-1w)
         rm -rf "$dir/data"
+        local workers=0
+        [ "$target" = petrel-1w ] && workers=1
         "$PETREL" --listen "127.0.0.1:$port" --data-dir "$dir/data" --log-level warn \
-            >"$dir/log" 2>&1 &
+            --workers "$workers" >"$dir/log" 2>&1 &
         ;;
     mosquitto)
         sed "s/^listener 1883 /listener $port /" "$HERE/mosquitto.conf" >"$dir/mosquitto.conf"

@@ -177,6 +177,10 @@ pub struct ConnArgs {
     /// How long to hold them once all were attempted.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub hold: Duration,
+    /// Each connection also subscribes to a topic of its own, and counts as established
+    /// at its SUBACK: the rate and latency are then of accept + subscribe.
+    #[arg(long)]
+    pub subscribe: bool,
 }
 
 /// `pub`.
@@ -395,7 +399,13 @@ fn apply_load(c: &mut Config, l: &LoadArgs, default_qos: QoS) -> Result<(), Stri
 pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
     Ok(match command {
         Command::Conn(a) => {
-            let mut c = Config::new("conn", Topology::Conn { clients: a.clients });
+            let mut c = Config::new(
+                "conn",
+                Topology::Conn {
+                    clients: a.clients,
+                    subscribe: a.subscribe,
+                },
+            );
             apply_target(&mut c, &a.target);
             c.hold = a.hold;
             c.duration = Some(a.hold);

@@ -169,8 +169,8 @@ pub(crate) struct SubPlan {
 /// What a connection does.
 #[derive(Debug, Clone)]
 pub(crate) enum Role {
-    /// Connect and hold (`conn`).
-    Idle,
+    /// Connect and hold (`conn`); with a filter, subscribe to it first (`conn --subscribe`).
+    Idle(Option<String>),
     Publisher(PubPlan),
     Subscriber(SubPlan),
 }

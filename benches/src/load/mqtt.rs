@@ -91,7 +91,7 @@ pub(crate) async fn run(
                     raw::handshake(&mut stream, true, p.group, ctx.frame_len).await?
                 }
                 Role::Subscriber(s) => raw::handshake(&mut stream, false, s.group, 0).await?,
-                Role::Idle => {
+                Role::Idle(_) => {
                     return Err(std::io::Error::other("the relay holds no idle connections"))
                 }
             }
@@ -111,7 +111,7 @@ pub(crate) async fn run(
         ctx.password.as_deref().map(str::as_bytes),
     );
     match &role {
-        Role::Idle => {
+        Role::Idle(_) => {
             let io = Io::new(stream, 1024, 1024);
             let mut client = Box::new(IdleClient::new(opts));
             Driver::new(&ctx, io, role, started, permit, usize::MAX)
@@ -276,7 +276,7 @@ impl<'c> Driver<'c> {
         match self.role {
             Role::Publisher(_) => live.signal(&live.publishers_done),
             Role::Subscriber(_) => live.signal(&live.subscribers_done),
-            Role::Idle => {}
+            Role::Idle(_) => {}
         }
     }
 
@@ -616,6 +616,14 @@ impl<'c> Driver<'c> {
         Ok(())
     }
 
+    /// The connection is set up: its attempt slot frees, and its latency is recorded.
+    fn established(&mut self, now_ns: u64, result: &mut TaskResult) {
+        self.permit.take();
+        result.conn.connect_ns = Some(now_ns.saturating_sub(self.started_ns));
+        result.conn.established_at_ns = Some(now_ns);
+        Live::add(&self.ctx.live.connected, 1);
+    }
+
     fn on_event<S: Session>(
         &mut self,
         s: &mut S,
@@ -627,13 +635,18 @@ impl<'c> Driver<'c> {
         let live = &self.ctx.live;
         match event {
             Ev::Connected => {
-                self.permit.take();
-                result.conn.connect_ns = Some(now_ns.saturating_sub(self.started_ns));
-                result.conn.established_at_ns = Some(now_ns);
-                Live::add(&live.connected, 1);
-                if let Role::Subscriber(plan) = &self.role {
+                let filter = match &self.role {
+                    Role::Subscriber(plan) => Some(plan.filter.clone()),
+                    Role::Idle(filter) => filter.clone(),
+                    Role::Publisher(_) => None,
+                };
+                // `conn --subscribe` measures accept + subscribe: established at SUBACK.
+                if !matches!(self.role, Role::Idle(Some(_))) {
+                    self.established(now_ns, result);
+                }
+                if let Some(filter) = filter {
                     let filters = [SubscribeFilter {
-                        filter: &plan.filter,
+                        filter: &filter,
                         options: SubscriptionOptions::qos(self.ctx.sub_qos),
                     }];
                     let id = s
@@ -657,6 +670,9 @@ impl<'c> Driver<'c> {
             Ev::Refused(code) => return Err(format!("refused: {code:?}")),
             Ev::Subscribed(Some(code)) => return Err(format!("subscription refused: {code:?}")),
             Ev::Subscribed(None) => {
+                if matches!(self.role, Role::Idle(Some(_))) {
+                    self.established(now_ns, result);
+                }
                 self.stage = Stage::Ready;
                 live.signal(&live.ready);
             }

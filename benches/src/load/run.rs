@@ -22,10 +22,12 @@ use super::stats::{merge, Percentiles};
 /// Who connects, and who publishes to whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topology {
-    /// `clients` connections that only connect and hold.
+    /// `clients` connections that connect (and subscribe, if asked) and hold.
     Conn {
         /// How many.
         clients: usize,
+        /// Whether each subscribes to a filter of its own once connected.
+        subscribe: bool,
     },
     /// `clients` publishers on `topic` (`%i` becomes the publisher's index); whoever
     /// subscribes runs elsewhere.
@@ -184,6 +186,8 @@ struct Plan {
     publishers: Vec<PubPlan>,
     subscribers: Vec<(SubPlan, Expect)>,
     idle: usize,
+    /// Whether the idle connections subscribe, each to a filter of its own.
+    idle_subscribe: bool,
     /// How many subscribers each message reaches, when the subscribers are ours.
     deliveries_per_message: Option<u64>,
 }
@@ -210,10 +214,11 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
         flow_slot,
     };
     match topology {
-        Topology::Conn { clients } => Plan {
+        Topology::Conn { clients, subscribe } => Plan {
             publishers: vec![],
             subscribers: vec![],
             idle: *clients,
+            idle_subscribe: *subscribe,
             deliveries_per_message: None,
         },
         Topology::Pub { clients, topic } => Plan {
@@ -222,6 +227,7 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
                 .collect(),
             subscribers: vec![],
             idle: 0,
+            idle_subscribe: false,
             deliveries_per_message: None,
         },
         Topology::Sub { clients, filter } => Plan {
@@ -235,6 +241,7 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
                 })
                 .collect(),
             idle: 0,
+            idle_subscribe: false,
             deliveries_per_message: None,
         },
         Topology::FanIn { publishers } => Plan {
@@ -243,6 +250,7 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
                 .collect(),
             subscribers: vec![(subscriber(0, format!("{prefix}/+"), 0, 0), Expect::Every)],
             idle: 0,
+            idle_subscribe: false,
             deliveries_per_message: Some(1),
         },
         Topology::FanOut { subscribers } => Plan {
@@ -251,6 +259,7 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
                 .map(|i| (subscriber(i, topic(0), 0, i), Expect::One(0)))
                 .collect(),
             idle: 0,
+            idle_subscribe: false,
             deliveries_per_message: Some(*subscribers as u64),
         },
         Topology::Pairs { pairs } => Plan {
@@ -261,6 +270,7 @@ fn plan(topology: &Topology, prefix: &str) -> Plan {
                 .map(|i| (subscriber(i, topic(i), i as u32, 0), Expect::One(i as u32)))
                 .collect(),
             idle: 0,
+            idle_subscribe: false,
             deliveries_per_message: Some(1),
         },
     }
@@ -561,7 +571,10 @@ async fn run(config: &Config) -> Result<Report, String> {
             )
         })
         .collect();
-    roles.extend((0..plan.idle).map(|i| (Role::Idle, format!("{client_prefix}c{i}"))));
+    roles.extend((0..plan.idle).map(|i| {
+        let filter = plan.idle_subscribe.then(|| format!("{prefix}/idle/{i}"));
+        (Role::Idle(filter), format!("{client_prefix}c{i}"))
+    }));
     let others = roles.len();
     spawn_all(
         &ctx,
