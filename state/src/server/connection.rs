@@ -1354,6 +1354,18 @@ fn encode_publish(
     now: Instant,
 ) -> bool {
     let message = &delivery.message;
+    let plain = !version.is_v5()
+        || (alias.is_none()
+            && delivery.subscription_ids.is_empty()
+            && message.properties == MessageProperties::default());
+    if plain {
+        let sent = encode_plain_publish(tx, version, max_size, delivery, packet_id, dup);
+        if sent {
+            stats.packets_sent += 1;
+            stats.publishes_sent += 1;
+        }
+        return sent;
+    }
     let users = if version.is_v5() {
         user_property_views(&message.properties)
     } else {
@@ -1384,6 +1396,64 @@ fn encode_publish(
     sent
 }
 
+/// Writes a PUBLISH that carries no properties (every 3.1.1 one, and a 5.0 one with an
+/// empty property block) straight into `tx`: the routing hot path, where the general
+/// encoder's sizing passes over the property block cost more than the copy itself.
+/// `false` when it would exceed `max_size` (or MQTT's largest packet).
+fn encode_plain_publish(
+    tx: &mut BytesMut,
+    version: ProtocolVersion,
+    max_size: u32,
+    delivery: &Delivery,
+    packet_id: Option<PacketId>,
+    dup: bool,
+) -> bool {
+    let topic = delivery.message.topic.as_bytes();
+    let payload = &delivery.message.payload;
+    let Ok(topic_len) = u16::try_from(topic.len()) else {
+        return false;
+    };
+    let remaining = 2
+        + topic.len()
+        + if packet_id.is_some() { 2 } else { 0 }
+        + usize::from(version.is_v5())
+        + payload.len();
+    let mut length = [0u8; 4];
+    let mut length_len = 0;
+    let mut rest = remaining;
+    loop {
+        let Some(slot) = length.get_mut(length_len) else {
+            // More than four length bytes: beyond MQTT's largest packet.
+            return false;
+        };
+        *slot = (rest % 128) as u8;
+        rest /= 128;
+        length_len += 1;
+        if rest == 0 {
+            break;
+        }
+        *slot |= 0x80;
+    }
+    if 1 + length_len + remaining > max_size as usize {
+        return false;
+    }
+    let first =
+        0x30 | (u8::from(dup) << 3) | ((delivery.qos as u8) << 1) | u8::from(delivery.retain);
+    tx.reserve(1 + length_len + remaining);
+    tx.extend_from_slice(&[first]);
+    tx.extend_from_slice(&length[..length_len]);
+    tx.extend_from_slice(&topic_len.to_be_bytes());
+    tx.extend_from_slice(topic);
+    if let Some(id) = packet_id {
+        tx.extend_from_slice(&id.get().to_be_bytes());
+    }
+    if version.is_v5() {
+        tx.extend_from_slice(&[0]);
+    }
+    tx.extend_from_slice(payload);
+    true
+}
+
 fn owned_user_properties(properties: &Properties<'_>) -> Vec<(String, String)> {
     properties
         .user_properties
@@ -1406,4 +1476,70 @@ fn connect_protocol_level(frame: &[u8]) -> Option<u8> {
         return None;
     }
     body.get(2 + name_len).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use alloc::string::ToString;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn general(
+        version: ProtocolVersion,
+        delivery: &Delivery,
+        id: Option<PacketId>,
+        dup: bool,
+    ) -> BytesMut {
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: &delivery.message.topic,
+            packet_id: id,
+            properties: Properties::default(),
+            payload: &delivery.message.payload,
+        });
+        let mut out = BytesMut::new();
+        packet.encode_to_bytes(version, &mut out).unwrap();
+        out
+    }
+
+    proptest! {
+        /// The hot-path PUBLISH writer gives the general encoder's bytes, and refuses
+        /// exactly the packets above the size limit.
+        #[test]
+        fn plain_publish_matches_the_general_encoder(
+            v5 in any::<bool>(),
+            topic in "[a-z/]{1,40}",
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            qos in 0u8..3,
+            retain in any::<bool>(),
+            dup in any::<bool>(),
+            id in 1u16..,
+            max_size in 0u32..400,
+        ) {
+            let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+            let qos = QoS::from_bits(qos).unwrap();
+            let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).unwrap());
+            let dup = dup && packet_id.is_some();
+            let delivery = Delivery {
+                message: Arc::new(Message::new(&topic.to_string(), payload)),
+                qos,
+                retain,
+                subscription_ids: Vec::new(),
+                shared_group: None,
+            };
+            let expected = general(version, &delivery, packet_id, dup);
+            let mut fast = BytesMut::new();
+            prop_assert!(encode_plain_publish(&mut fast, version, u32::MAX, &delivery, packet_id, dup));
+            prop_assert_eq!(&fast[..], &expected[..]);
+            let mut limited = BytesMut::new();
+            let fits = encode_plain_publish(&mut limited, version, max_size, &delivery, packet_id, dup);
+            prop_assert_eq!(fits, expected.len() <= max_size as usize);
+        }
+    }
 }
