@@ -2,6 +2,7 @@
 //! subscribers, in front of the embedder's own hooks.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -32,15 +33,16 @@ impl RuntimeHooks {
     }
 
     fn tap(&self, message: &Message) {
-        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
-        if taps.is_empty() {
+        if self.shared.tap_count.load(Ordering::Acquire) == 0 {
             return;
         }
+        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
         let shared = Arc::new(message.clone());
         // A tap whose receiver is gone is removed.
         taps.retain(|tap| {
             !topic_matches(&tap.filter, &message.topic) || tap.sender.send(shared.clone()).is_ok()
         });
+        self.shared.tap_count.store(taps.len(), Ordering::Release);
     }
 }
 

@@ -38,6 +38,7 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,7 +46,7 @@ use std::thread::JoinHandle;
 pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
 use petrel_state::broker::Hooks;
 use petrel_state::message::Message;
-use shared::{GlobalStats, Shared, WorkerMessage};
+use shared::{Shared, WorkerMessage, WorkerStats};
 
 /// Builds the hooks of one shard; called once per worker.
 pub type HooksFactory = Arc<dyn Fn() -> Box<dyn Hooks> + Send + Sync>;
@@ -95,25 +96,24 @@ impl Server {
                 unix.push(std::os::unix::net::UnixListener::bind(path)?);
             }
         }
+        let mut inboxes = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            inboxes.push(tx);
+            receivers.push(rx);
+        }
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,
             origin: std::time::Instant::now(),
-            stats: GlobalStats::default(),
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             shards: Mutex::new(Vec::new()),
-            inboxes: Mutex::new(Vec::new()),
+            inboxes,
             taps: Mutex::new(Vec::new()),
+            tap_count: AtomicUsize::new(0),
             hooks_factory: self.hooks,
         });
-        let mut receivers = Vec::new();
-        {
-            let mut inboxes = shared.inboxes.lock().unwrap_or_else(|e| e.into_inner());
-            for _ in 0..workers {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                inboxes.push(tx);
-                receivers.push(rx);
-            }
-        }
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
@@ -173,14 +173,12 @@ impl RunningServer {
     /// matches `filter`, for as long as the receiver lives.
     pub fn subscribe(&self, filter: &str) -> Receiver<Arc<Message>> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        self.shared
-            .taps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(hooks::Tap {
-                filter: filter.to_string(),
-                sender,
-            });
+        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.push(hooks::Tap {
+            filter: filter.to_string(),
+            sender,
+        });
+        self.shared.tap_count.store(taps.len(), Ordering::Release);
         receiver
     }
 

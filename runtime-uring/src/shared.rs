@@ -1,7 +1,7 @@
 //! What the workers share: the configuration, counters, and each other's inboxes.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use petrel_state::broker::ShardMessage;
@@ -30,12 +30,29 @@ pub(crate) enum WorkerMessage {
     Shutdown,
 }
 
-/// Counters every worker adds to; `$SYS` reports them.
+/// One worker's counters; `$SYS` reports their sums.
+///
+/// One set per worker, each on cache lines of its own: the workers add to them on every
+/// read and write, and a counter shared between cores would bounce between their caches on
+/// the per-message path.
 #[derive(Debug, Default)]
-pub(crate) struct GlobalStats {
+#[repr(align(128))]
+pub(crate) struct WorkerStats {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) connections_open: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Adds `n` to a counter only this worker writes.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` from a counter only this worker writes.
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// Per-worker figures, written by each worker's `$SYS` tick and summed by worker 0.
@@ -53,10 +70,15 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) server_config: Arc<ServerConfig>,
     pub(crate) origin: std::time::Instant,
-    pub(crate) stats: GlobalStats,
+    /// One per worker, indexed by worker.
+    pub(crate) stats: Vec<WorkerStats>,
     pub(crate) shards: Mutex<Vec<ShardFigures>>,
-    pub(crate) inboxes: Mutex<Vec<UnboundedSender<WorkerMessage>>>,
+    /// Each worker's inbox, indexed by worker; fixed at start, so sending takes no lock.
+    pub(crate) inboxes: Vec<UnboundedSender<WorkerMessage>>,
     pub(crate) taps: Mutex<Vec<Tap>>,
+    /// How many taps there are: read on every publish, so that the lock on `taps` is taken
+    /// only when the embedding program asked for one.
+    pub(crate) tap_count: AtomicUsize,
     pub(crate) hooks_factory: Option<crate::HooksFactory>,
 }
 
@@ -76,8 +98,7 @@ impl Shared {
     }
 
     pub(crate) fn send(&self, worker: usize, message: WorkerMessage) {
-        let inboxes = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(inbox) = inboxes.get(worker) {
+        if let Some(inbox) = self.inboxes.get(worker) {
             let _ = inbox.send(message);
         }
     }
@@ -86,7 +107,11 @@ impl Shared {
         self.origin.elapsed().as_secs()
     }
 
-    pub(crate) fn load(&self, counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// The sum of one counter over every worker.
+    pub(crate) fn total(&self, counter: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
     }
 }

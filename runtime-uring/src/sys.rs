@@ -1,6 +1,5 @@
 //! `$SYS` topics, with mosquitto's names where mosquitto has one.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use petrel_state::broker::Broker;
@@ -52,7 +51,6 @@ impl SysReporter {
                     dropped: a.dropped + s.dropped,
                 })
         };
-        let stats = &self.shared.stats;
         let entries: [(&str, String); 11] = [
             (
                 "$SYS/broker/version",
@@ -64,7 +62,7 @@ impl SysReporter {
             ),
             (
                 "$SYS/broker/clients/connected",
-                stats.connections_open.load(Ordering::Relaxed).to_string(),
+                self.shared.total(|s| &s.connections_open).to_string(),
             ),
             ("$SYS/broker/clients/total", total.sessions.to_string()),
             (
@@ -78,11 +76,11 @@ impl SysReporter {
             ),
             (
                 "$SYS/broker/bytes/received",
-                self.shared.load(&stats.bytes_received).to_string(),
+                self.shared.total(|s| &s.bytes_received).to_string(),
             ),
             (
                 "$SYS/broker/bytes/sent",
-                self.shared.load(&stats.bytes_sent).to_string(),
+                self.shared.total(|s| &s.bytes_sent).to_string(),
             ),
             (
                 "$SYS/broker/subscriptions/count",

@@ -10,7 +10,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::hooks::RuntimeHooks;
-use crate::shared::{Shared, WorkerMessage};
+use crate::shared::{Shared, WorkerMessage, WorkerStats};
 use crate::sys::SysReporter;
 use crate::transport::Stream;
 
@@ -51,6 +50,8 @@ pub(crate) struct Worker {
     broker: RefCell<Broker>,
     conns: RefCell<HashMap<ConnectionId, Rc<ConnIo>>>,
     timer: Notify,
+    /// The deadline the timer task sleeps until (`None`: no deadline).
+    timer_armed: Cell<Option<Instant>>,
     shutting_down: Cell<bool>,
 }
 
@@ -71,8 +72,13 @@ impl Worker {
             broker: RefCell::new(broker),
             conns: RefCell::new(HashMap::new()),
             timer: Notify::new(),
+            timer_armed: Cell::new(None),
             shutting_down: Cell::new(false),
         })
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.shared.stats[self.index]
     }
 
     fn now(&self) -> Instant {
@@ -228,10 +234,7 @@ impl Worker {
             writing: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, io.clone());
-        self.shared
-            .stats
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
+        WorkerStats::add(&self.stats().connections_open, 1);
         if !received.is_empty() {
             self.input(id, &received);
         }
@@ -265,6 +268,9 @@ impl Worker {
                     if next != capacity {
                         filled = Vec::with_capacity(next);
                     }
+                    if next == MIN_READ {
+                        self.broker.borrow_mut().release_spare_capacity(id);
+                    }
                     filled.clear();
                     buf = filled;
                 }
@@ -273,10 +279,7 @@ impl Worker {
     }
 
     fn input(self: &Rc<Self>, id: ConnectionId, bytes: &[u8]) {
-        self.shared
-            .stats
-            .bytes_received
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        WorkerStats::add(&self.stats().bytes_received, bytes.len() as u64);
         if tracing::enabled!(tracing::Level::DEBUG) {
             trace_packets(id, bytes, "in");
         }
@@ -318,10 +321,7 @@ impl Worker {
                 self.after_input();
                 break;
             }
-            self.shared
-                .stats
-                .bytes_sent
-                .fetch_add(n as u64, Ordering::Relaxed);
+            WorkerStats::add(&self.stats().bytes_sent, n as u64);
             io.readable.notify_one();
         }
         io.writing.set(false);
@@ -333,10 +333,7 @@ impl Worker {
         io.readable.notify_one();
         self.conns.borrow_mut().remove(&id);
         self.broker.borrow_mut().release(id);
-        self.shared
-            .stats
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        WorkerStats::sub(&self.stats().connections_open, 1);
     }
 
     /// Drains what the shard produced: connections to write or close, messages for other
@@ -362,14 +359,22 @@ impl Worker {
             self.shared
                 .send(usize::from(shard), WorkerMessage::Shard(message));
         }
+        let deadline = broker.poll_timeout();
         drop(conns);
         drop(broker);
-        self.timer.notify_one();
+        // Only a deadline earlier than the one the timer sleeps for needs it awake; a later
+        // one is found when it wakes (an early wake-up is harmless). Waking it after every
+        // input would re-arm a tokio timer per read.
+        let armed = self.timer_armed.get();
+        if deadline.is_some_and(|d| armed.is_none_or(|a| d < a)) {
+            self.timer.notify_one();
+        }
     }
 
     async fn timer_loop(self: Rc<Self>) {
         loop {
             let deadline = self.broker.borrow().poll_timeout();
+            self.timer_armed.set(deadline);
             match deadline {
                 Some(at) => {
                     let when = self.shared.to_tokio(at);

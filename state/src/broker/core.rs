@@ -394,6 +394,14 @@ impl Broker {
         self.end_input(now);
     }
 
+    /// The connection went quiet (its last read was small): gives back the room its
+    /// buffers kept for bursts. See [`ServerConnection::release_spare_capacity`].
+    pub fn release_spare_capacity(&mut self, id: ConnectionId) {
+        if let Some(state) = self.conn_mut(id) {
+            state.conn.release_spare_capacity();
+        }
+    }
+
     /// Whether the runtime should read from this connection now (backpressure).
     pub fn wants_read(&self, id: ConnectionId) -> bool {
         self.conn(id).is_some_and(|s| s.conn.wants_read())
