@@ -120,6 +120,8 @@ pub struct Config {
     pub limits: Limits,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// The password file and the ACL file.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -135,6 +137,7 @@ impl Default for Config {
             }],
             limits: Limits::default(),
             sys: SysConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The runtime's hooks: the anonymous-access policy, connection logging and inline
-//! subscribers, in front of the embedder's own hooks.
+//! The runtime's hooks: the anonymous-access policy, the password file and the ACL file,
+//! connection logging and inline subscribers, in front of the embedder's own hooks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,8 +10,9 @@ use petrel_codec::{ReasonCode, SubscriptionOptions};
 use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
 use petrel_state::message::Message;
 use petrel_state::server::{AuthRequest, CloseInfo, ConnectRequest};
-use tracing::info;
+use tracing::{debug, info};
 
+use crate::auth::{subject, AccessView};
 use crate::config::Anonymous;
 use crate::shared::Shared;
 
@@ -24,12 +25,18 @@ pub(crate) struct Tap {
 pub(crate) struct RuntimeHooks {
     shared: Arc<Shared>,
     user: Option<Box<dyn Hooks>>,
+    access: AccessView,
 }
 
 impl RuntimeHooks {
     pub(crate) fn new(shared: Arc<Shared>, _worker: usize) -> Self {
         let user = shared.hooks_factory.as_ref().map(|make| make());
-        RuntimeHooks { shared, user }
+        let access = AccessView::new(shared.access.clone());
+        RuntimeHooks {
+            shared,
+            user,
+            access,
+        }
     }
 
     fn tap(&self, message: &Message) {
@@ -72,6 +79,24 @@ impl Hooks for RuntimeHooks {
                 return AuthDecision::Reject(ReasonCode::NotAuthorized);
             }
         }
+        if let (Some(username), Some(passwords)) =
+            (&request.username, &self.access.current().passwords)
+        {
+            let password = request.password.as_deref().unwrap_or_default();
+            // An unknown user and a wrong password get the same answer, in the same time.
+            if !passwords.verify(username, password) {
+                self.access
+                    .stats()
+                    .bad_credentials
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(
+                    client_id = client.client_id,
+                    remote = client.remote.unwrap_or("-"),
+                    "refused: bad user name or password"
+                );
+                return AuthDecision::Reject(ReasonCode::BadUserNameOrPassword);
+            }
+        }
         match self.user.as_mut() {
             Some(user) => user.on_connect(client, request),
             None => AuthDecision::Accept(None),
@@ -86,6 +111,20 @@ impl Hooks for RuntimeHooks {
     }
 
     fn authorize_publish(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Verdict {
+        if let Some(acl) = &self.access.current().acl {
+            if !acl.can_publish(&subject(client), &message.topic) {
+                self.access
+                    .stats()
+                    .publish_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    client_id = client.client_id,
+                    topic = &*message.topic,
+                    "publish denied by the ACL"
+                );
+                return Verdict::Deny(ReasonCode::NotAuthorized);
+            }
+        }
         match self.user.as_mut() {
             Some(user) => user.authorize_publish(client, message),
             None => Verdict::Allow,
@@ -98,6 +137,20 @@ impl Hooks for RuntimeHooks {
         filter: &mut String,
         options: &mut SubscriptionOptions,
     ) -> Verdict {
+        if let Some(acl) = &self.access.current().acl {
+            if !acl.can_subscribe(&subject(client), filter) {
+                self.access
+                    .stats()
+                    .subscribe_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    client_id = client.client_id,
+                    filter = filter.as_str(),
+                    "subscription denied by the ACL"
+                );
+                return Verdict::Deny(ReasonCode::NotAuthorized);
+            }
+        }
         match self.user.as_mut() {
             Some(user) => user.authorize_subscribe(client, filter, options),
             None => Verdict::Allow,
@@ -105,6 +158,13 @@ impl Hooks for RuntimeHooks {
     }
 
     fn authorize_delivery(&mut self, client: &ClientInfo<'_>, message: &Message) -> bool {
+        // Checked per delivery as well as at SUBSCRIBE: an ACL reloaded since then, or a
+        // deny rule inside a wider subscription, applies to every message.
+        if let Some(acl) = &self.access.current().acl {
+            if !acl.can_read(&subject(client), &message.topic) {
+                return false;
+            }
+        }
         match self.user.as_mut() {
             Some(user) => user.authorize_delivery(client, message),
             None => true,

@@ -29,8 +29,10 @@
 //!
 //! [tokio-uring]: https://docs.rs/tokio-uring
 
+mod auth;
 pub mod config;
 mod hooks;
+pub mod passwd;
 mod shared;
 mod sys;
 mod transport;
@@ -43,6 +45,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+pub use auth::AuthConfig;
 pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
 use petrel_state::broker::Hooks;
 use petrel_state::message::Message;
@@ -103,6 +106,14 @@ impl Server {
             inboxes.push(tx);
             receivers.push(rx);
         }
+        let access = auth::Access::load(self.config.auth.clone())
+            .map(Arc::new)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let watcher = if access.configured() {
+            Some(access.clone().watch()?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,
@@ -113,6 +124,7 @@ impl Server {
             taps: Mutex::new(Vec::new()),
             tap_count: AtomicUsize::new(0),
             hooks_factory: self.hooks,
+            access,
         });
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
@@ -137,6 +149,7 @@ impl Server {
             addrs,
             shared,
             threads,
+            watcher,
         })
     }
 }
@@ -156,9 +169,17 @@ pub struct RunningServer {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
+    /// Reads the password file and the ACL file again (the broker does this on SIGHUP, and
+    /// by itself within a second of a file changing). On an error, which names the file
+    /// and the line, the rules in force stay as they were.
+    pub fn reload_auth(&self) -> Result<(), String> {
+        self.shared.access.reload()
+    }
+
     /// The TCP addresses it listens on (with the ports chosen for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -189,6 +210,10 @@ impl RunningServer {
         }
         for thread in self.threads {
             let _ = thread.join();
+        }
+        self.shared.access.stop();
+        if let Some(watcher) = self.watcher {
+            let _ = watcher.join();
         }
     }
 }

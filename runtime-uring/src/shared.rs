@@ -80,6 +80,7 @@ pub(crate) struct Shared {
     /// only when the embedding program asked for one.
     pub(crate) tap_count: AtomicUsize,
     pub(crate) hooks_factory: Option<crate::HooksFactory>,
+    pub(crate) access: Arc<crate::auth::Access>,
 }
 
 impl Shared {

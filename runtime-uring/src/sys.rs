@@ -93,6 +93,7 @@ impl SysReporter {
         ];
         entries
             .into_iter()
+            .chain(self.shared.access.sys_entries())
             .map(|(topic, value)| {
                 let mut message = Message::new(topic, value.into_bytes());
                 message.retain = true;

@@ -32,10 +32,30 @@ struct Args {
     /// Worker threads (0: one per core).
     #[arg(short, long)]
     workers: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add, change or remove a user in a password file (like mosquitto_passwd).
+    Passwd(petrel::passwd::PasswdArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd(passwd)) = &args.command {
+        return match petrel::passwd::run(passwd) {
+            Ok(done) => {
+                eprintln!("petrel passwd: {done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("petrel passwd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
@@ -89,6 +109,7 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(signals) => signals,
         Err(e) => {
@@ -96,8 +117,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            match server.reload_auth() {
+                Ok(()) => info!("SIGHUP: password and ACL files reloaded"),
+                Err(e) => error!("SIGHUP: reload failed, the previous rules stay: {e}"),
+            }
+            continue;
+        }
         info!(signal, "shutting down");
+        break;
     }
     server.shutdown();
     info!("stopped");

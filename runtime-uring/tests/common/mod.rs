@@ -67,6 +67,11 @@ impl Broker {
         self.addr.port().to_string()
     }
 
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the broker logged so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
