@@ -148,11 +148,16 @@ fn ratio(a: Option<Spread>, b: Option<Spread>) -> String {
 fn describe(r: &Report) -> String {
     if r.publishers == 0 && r.subscribers == 0 {
         return format!(
-            "{}: {} connections opened as fast as the broker accepts them (at most {} \
+            "{}: {} connections opened{} as fast as the broker accepts them (at most {} \
              attempts in progress), then held {:.0} s; *broker RSS per conn* is its memory \
              growth divided by the connections",
             r.transport,
             r.connections.attempted,
+            if r.idle_subscribe {
+                ", each subscribing to a topic of its own (established at its SUBACK),"
+            } else {
+                ""
+            },
             super::run::MAX_CONNECTING,
             r.measured_s
         );

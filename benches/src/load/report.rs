@@ -32,6 +32,9 @@ pub struct Report {
     pub publishers: usize,
     /// Subscribing connections.
     pub subscribers: usize,
+    /// Whether `conn`'s connections each subscribed to a topic of their own.
+    #[serde(default)]
+    pub idle_subscribe: bool,
     /// Total publish rate asked for (messages/s); `None`: as fast as possible.
     pub rate_limit: Option<f64>,
     /// QoS 1/2 messages a publisher could have unacknowledged (after the store's limit).

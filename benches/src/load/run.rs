@@ -914,6 +914,7 @@ fn build_report(
         payload_bytes: config.payload,
         publishers: plan.publishers.len(),
         subscribers: plan.subscribers.len(),
+        idle_subscribe: plan.idle_subscribe,
         rate_limit: config.rate,
         inflight: ctx.inflight,
         count: config.count,
