@@ -1,0 +1,174 @@
+//! The `no_std` client of `firmware-example/` on an emulated Cortex-M4 (QEMU `mps2-an386`),
+//! against the real `petrel` broker and against mosquitto.
+//!
+//! QEMU turns the board's UART0 into a TCP connection to the broker, so the firmware's MQTT
+//! bytes reach it unchanged. A test passes only when the firmware exits with status 0 (every
+//! step of its demo checked out, see `firmware-example/src/demo.rs`) and a host-side
+//! `mosquitto_sub` received every message it published.
+//!
+//! Needs `qemu-system-arm`, the `thumbv7em-none-eabihf` target, `mosquitto` and
+//! `mosquitto-clients`; `.ci/run` installs them.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::Broker;
+
+/// What the firmware publishes under `petrel/fw/{version}/` (`MESSAGES` in
+/// `firmware-example/src/demo.rs`).
+const MESSAGES: [&str; 5] = ["qos0", "qos1", "qos2", "stalled", "resumed"];
+
+/// The demo takes about 20 s (it sits out a keep-alive timeout); far more means it hangs.
+const QEMU_TIMEOUT_SECS: &str = "120";
+
+fn firmware_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("firmware-example")
+}
+
+/// Builds the firmware once per test run and returns the directory holding its binaries.
+fn firmware_bins() -> &'static Path {
+    static BINS: OnceLock<PathBuf> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let dir = firmware_dir();
+        let target_dir = dir.join("target");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .args(["build", "--release", "--bins", "--target-dir"])
+            .arg(&target_dir)
+            .status()
+            .expect("run cargo build for firmware-example");
+        assert!(
+            status.success(),
+            "building firmware-example failed (rustup target add thumbv7em-none-eabihf)"
+        );
+        target_dir.join("thumbv7em-none-eabihf").join("release")
+    })
+}
+
+/// A mosquitto broker on a free loopback port, stopped when dropped.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    config: PathBuf,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("pick a free port")
+            .port();
+        let config = std::env::temp_dir().join(format!("petrel-firmware-mosquitto-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .expect("write mosquitto config");
+        let binary = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto {
+            child,
+            port,
+            config,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Runs the firmware binary `bin` against the broker on `port`, with `mosquitto_sub`
+/// watching `petrel/fw/{version}/#`, and checks both.
+fn run_demo(port: u16, bin: &str, version: &str) {
+    let elf = firmware_bins().join(bin);
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"])
+        .args(["-t", &format!("petrel/fw/{version}/#")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+    // mosquitto_sub prints nothing on SUBACK; give it time to subscribe.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let qemu: Output = Command::new("timeout")
+        .arg(QEMU_TIMEOUT_SECS)
+        .arg(firmware_dir().join("qemu-run.sh"))
+        .arg(&elf)
+        .env("MQTT_PORT", port.to_string())
+        .output()
+        .expect("run qemu-run.sh (apt-get install qemu-system-arm)");
+
+    let _ = sub.kill();
+    let seen = sub.wait_with_output().expect("mosquitto_sub output");
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    let log = String::from_utf8_lossy(&qemu.stdout);
+    let errors = String::from_utf8_lossy(&qemu.stderr);
+    assert_eq!(
+        qemu.status.code(),
+        Some(0),
+        "{bin} failed (status 2..=9 names the step: `Failure` in firmware-example/src/demo.rs; \
+         124 is the timeout)\nlog:\n{log}\nstderr:\n{errors}\nsubscriber saw:\n{seen}"
+    );
+    for message in MESSAGES {
+        let line = format!("petrel/fw/{version}/{message} {message}");
+        assert!(
+            seen.lines().any(|l| l == line),
+            "the subscriber missed {line:?}; it saw:\n{seen}"
+        );
+    }
+}
+
+#[test]
+fn firmware_v311_against_petrel() {
+    let broker = Broker::start();
+    run_demo(broker.addr.port(), "demo", "311");
+}
+
+#[test]
+fn firmware_v5_against_petrel() {
+    let broker = Broker::start();
+    run_demo(broker.addr.port(), "demo-v5", "5");
+}
+
+#[test]
+fn firmware_v311_against_mosquitto() {
+    let broker = Mosquitto::start();
+    run_demo(broker.port, "demo", "311");
+}
+
+#[test]
+fn firmware_v5_against_mosquitto() {
+    let broker = Mosquitto::start();
+    run_demo(broker.port, "demo-v5", "5");
+}
