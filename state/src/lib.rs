@@ -26,6 +26,8 @@ pub mod client;
 #[cfg(feature = "alloc")]
 pub mod message;
 #[cfg(feature = "alloc")]
+pub mod proxy;
+#[cfg(feature = "alloc")]
 pub mod server;
 pub mod time;
 

@@ -38,6 +38,14 @@ impl ConnectionId {
     pub fn index(self) -> u32 {
         self.index
     }
+
+    /// An identifier outside any broker: the proxy names its connection pairs with these.
+    pub(crate) const fn detached(index: u32) -> Self {
+        ConnectionId {
+            index,
+            generation: 0,
+        }
+    }
 }
 
 /// How a shared subscription group picks the member for each message.

@@ -95,6 +95,22 @@ pub trait Hooks {
         true
     }
 
+    /// A client unsubscribes from `filter`; the hook rewrites it the way
+    /// [`authorize_subscribe`](Hooks::authorize_subscribe) rewrote the subscription, so
+    /// the right one is removed. Called by the proxy (the broker core keeps filters as the
+    /// hook left them at SUBSCRIBE time and needs no second rewrite).
+    fn rewrite_unsubscribe(&mut self, client: &ClientInfo<'_>, filter: &mut String) {
+        let _ = (client, filter);
+    }
+
+    /// A message from the upstream broker is about to reach `client` through the proxy,
+    /// after [`authorize_delivery`](Hooks::authorize_delivery) let it through: the hook
+    /// undoes what [`authorize_publish`](Hooks::authorize_publish) did on the way up (a
+    /// tenant prefix comes off again), so the device never sees the upstream's topics.
+    fn rewrite_delivery(&mut self, client: &ClientInfo<'_>, message: &mut Message) {
+        let _ = (client, message);
+    }
+
     /// A connection was accepted.
     fn on_connected(&mut self, client: &ClientInfo<'_>, session_present: bool) {
         let _ = (client, session_present);

@@ -1,0 +1,689 @@
+//! The pipe without sockets: bytes in from one side, frames and events out.
+
+use alloc::vec;
+
+use petrel_codec::{Properties, SubscriptionOptions};
+use proptest::prelude::*;
+
+use super::*;
+use crate::broker::AllowAll;
+use crate::proxy::BuiltinHooks;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+fn id(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn bytes(packet: Packet<'_>, version: ProtocolVersion) -> BytesMut {
+    let mut out = BytesMut::new();
+    packet.encode_to_bytes(version, &mut out).unwrap();
+    out
+}
+
+fn connect<'a>(
+    version: ProtocolVersion,
+    client_id: &'a str,
+    username: Option<&'a str>,
+) -> Connect<'a> {
+    Connect {
+        protocol_version: version,
+        clean_start: true,
+        keep_alive: 30,
+        properties: Properties {
+            topic_alias_maximum: version.is_v5().then_some(10),
+            ..Properties::default()
+        },
+        client_id,
+        will: None,
+        username,
+        password: None,
+    }
+}
+
+fn publish<'a>(topic: &'a str, qos: QoS, packet_id: u16, payload: &'a [u8]) -> Publish<'a> {
+    Publish {
+        qos,
+        topic,
+        packet_id: (qos != QoS::AtMostOnce).then(|| id(packet_id)),
+        payload,
+        ..Publish::default()
+    }
+}
+
+/// A pipe and the frames and events it produced, decoded for the assertions.
+struct Harness {
+    pipe: Pipe,
+    hooks: alloc::boxed::Box<dyn Hooks>,
+    version: ProtocolVersion,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(hooks: impl Hooks + 'static, trace: &[&str]) -> Self {
+        let config = PipeConfig {
+            max_packet_size: 0,
+            trace_clients: trace.iter().map(|s| String::from(*s)).collect(),
+        };
+        Harness {
+            pipe: Pipe::new(7, config, Some(String::from("127.0.0.1:5000"))),
+            hooks: alloc::boxed::Box::new(hooks),
+            version: V5,
+            now: Instant::ZERO,
+        }
+    }
+
+    /// Connects `client_id` and answers with a successful CONNACK; the frames are drained.
+    fn connected(
+        hooks: impl Hooks + 'static,
+        version: ProtocolVersion,
+        username: Option<&str>,
+    ) -> Self {
+        let mut h = Harness::new(hooks, &[]);
+        h.version = version;
+        h.client(Packet::Connect(connect(version, "dev", username)));
+        assert!(matches!(
+            h.pipe.poll_event(),
+            Some(PipeEvent::OpenUpstream { .. })
+        ));
+        h.upstream(Packet::ConnAck(ConnAck::default()));
+        h.drain(Side::Upstream);
+        h.drain(Side::Client);
+        h
+    }
+
+    fn client(&mut self, packet: Packet<'_>) {
+        let mut buf = bytes(packet, self.version);
+        self.pipe
+            .handle_client(self.now, &mut buf, &mut *self.hooks);
+        assert!(buf.is_empty());
+    }
+
+    fn upstream(&mut self, packet: Packet<'_>) {
+        let mut buf = bytes(packet, self.version);
+        self.pipe
+            .handle_upstream(self.now, &mut buf, &mut *self.hooks);
+        assert!(buf.is_empty());
+    }
+
+    fn drain(&mut self, side: Side) -> Vec<Bytes> {
+        core::iter::from_fn(|| self.pipe.poll_transmit(side)).collect()
+    }
+
+    fn events(&mut self) -> Vec<PipeEvent> {
+        core::iter::from_fn(|| self.pipe.poll_event()).collect()
+    }
+
+    /// The one frame sent to `side`, decoded with `check`.
+    fn one(&mut self, side: Side, check: impl FnOnce(Packet<'_>)) {
+        let frames = self.drain(side);
+        assert_eq!(frames.len(), 1, "{side:?}: {frames:?}");
+        match Decoder::new(self.version).decode(&frames[0]).unwrap() {
+            Decoded::Packet { packet, .. } => check(packet),
+            Decoded::Incomplete { .. } => panic!("incomplete frame"),
+        }
+    }
+}
+
+fn tenant() -> BuiltinHooks {
+    BuiltinHooks {
+        allow_anonymous: false,
+        tenant_template: Some(Arc::from("t/{username}/")),
+    }
+}
+
+#[test]
+fn connect_goes_upstream_without_topic_aliases() {
+    let mut h = Harness::new(AllowAll, &[]);
+    h.client(Packet::Connect(connect(V5, "dev", Some("alice"))));
+    assert_eq!(
+        h.events(),
+        vec![PipeEvent::OpenUpstream {
+            client_id: String::from("dev")
+        }]
+    );
+    h.one(Side::Upstream, |p| {
+        let Packet::Connect(c) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!((c.client_id, c.username), ("dev", Some("alice")));
+        assert_eq!(c.properties.topic_alias_maximum, None);
+    });
+    assert!(h.drain(Side::Client).is_empty());
+
+    let granted = ConnAck {
+        properties: Properties {
+            topic_alias_maximum: Some(5),
+            ..Properties::default()
+        },
+        ..ConnAck::default()
+    };
+    h.upstream(Packet::ConnAck(granted));
+    h.one(Side::Client, |p| {
+        let Packet::ConnAck(c) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(c.reason_code, ReasonCode::Success);
+        assert_eq!(c.properties.topic_alias_maximum, None);
+    });
+}
+
+#[test]
+fn unchanged_packets_are_the_original_frames_uncopied() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    let mut buf = bytes(
+        Packet::Publish(publish("a/b", QoS::AtLeastOnce, 3, b"payload")),
+        V5,
+    );
+    let mut second = bytes(Packet::PingReq, V5);
+    let original = buf.clone();
+    buf.unsplit(core::mem::take(&mut second));
+    let start = buf.as_ptr();
+    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    let frames = h.drain(Side::Upstream);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0], original);
+    assert_eq!(frames[0].as_ptr(), start, "forwarded without a copy");
+
+    let down = bytes(Packet::Publish(publish("x", QoS::ExactlyOnce, 9, b"p")), V5);
+    let mut buf = down.clone();
+    let start = buf.as_ptr();
+    h.pipe.handle_upstream(h.now, &mut buf, &mut *h.hooks);
+    let frames = h.drain(Side::Client);
+    assert_eq!((&frames[0][..], frames[0].as_ptr()), (&down[..], start));
+}
+
+#[test]
+fn tenant_prefix_round_trip() {
+    let mut h = Harness::connected(tenant(), V5, Some("alice"));
+    h.client(Packet::Publish(publish("a/b", QoS::AtLeastOnce, 1, b"hi")));
+    h.one(Side::Upstream, |p| {
+        let Packet::Publish(p) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            (p.topic, p.payload, p.packet_id),
+            ("t/alice/a/b", &b"hi"[..], Some(id(1)))
+        );
+    });
+
+    let filters = [
+        SubscribeFilter {
+            filter: "a/#",
+            options: SubscriptionOptions::qos(QoS::ExactlyOnce),
+        },
+        SubscribeFilter {
+            filter: "$share/g/c",
+            options: SubscriptionOptions::qos(QoS::AtMostOnce),
+        },
+    ];
+    h.client(Packet::Subscribe(Subscribe {
+        packet_id: id(2),
+        properties: EMPTY_PROPERTIES,
+        filters: List::new(&filters),
+    }));
+    h.one(Side::Upstream, |p| {
+        let Packet::Subscribe(s) = p else {
+            panic!("{p:?}")
+        };
+        let got: Vec<_> = s
+            .filters
+            .iter()
+            .map(|f| (f.filter, f.options.qos))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("t/alice/a/#", QoS::ExactlyOnce),
+                ("$share/g/t/alice/c", QoS::AtMostOnce)
+            ]
+        );
+    });
+
+    h.upstream(Packet::Publish(publish(
+        "t/alice/a/b",
+        QoS::ExactlyOnce,
+        4,
+        b"hi",
+    )));
+    h.one(Side::Client, |p| {
+        let Packet::Publish(p) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            (p.topic, p.qos, p.packet_id),
+            ("a/b", QoS::ExactlyOnce, Some(id(4)))
+        );
+    });
+
+    h.client(Packet::Unsubscribe(Unsubscribe {
+        packet_id: id(5),
+        properties: EMPTY_PROPERTIES,
+        filters: List::new(&["a/#"]),
+    }));
+    h.one(Side::Upstream, |p| {
+        let Packet::Unsubscribe(u) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(u.filters.iter().collect::<Vec<_>>(), vec!["t/alice/a/#"]);
+    });
+}
+
+#[test]
+fn another_tenants_message_is_acknowledged_upstream_and_withheld() {
+    let mut h = Harness::connected(tenant(), V311, Some("alice"));
+    h.upstream(Packet::Publish(publish(
+        "t/bob/x",
+        QoS::AtLeastOnce,
+        1,
+        b"",
+    )));
+    h.one(Side::Upstream, |p| {
+        assert_eq!(p, Packet::PubAck(PubResponse::new(id(1))));
+    });
+    h.upstream(Packet::Publish(publish(
+        "t/bob/x",
+        QoS::ExactlyOnce,
+        2,
+        b"",
+    )));
+    h.one(Side::Upstream, |p| {
+        assert_eq!(p, Packet::PubRec(PubResponse::new(id(2))));
+    });
+    h.upstream(Packet::PubRel(PubResponse::new(id(2))));
+    h.one(Side::Upstream, |p| {
+        assert_eq!(p, Packet::PubComp(PubResponse::new(id(2))));
+    });
+    assert!(h.drain(Side::Client).is_empty());
+}
+
+/// Refuses publishing to `secret/…` and subscribing to `secret/…`.
+struct Guard;
+
+impl Hooks for Guard {
+    fn authorize_publish(&mut self, _: &ClientInfo<'_>, message: &mut Message) -> Verdict {
+        if message.topic.starts_with("secret/") {
+            Verdict::Deny(ReasonCode::NotAuthorized)
+        } else {
+            Verdict::Allow
+        }
+    }
+
+    fn authorize_subscribe(
+        &mut self,
+        _: &ClientInfo<'_>,
+        filter: &mut String,
+        _: &mut SubscriptionOptions,
+    ) -> Verdict {
+        if filter.starts_with("secret/") {
+            Verdict::Deny(ReasonCode::NotAuthorized)
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+#[test]
+fn refused_publishes_are_answered_by_the_proxy() {
+    let mut h = Harness::connected(Guard, V5, None);
+    h.client(Packet::Publish(publish(
+        "secret/a",
+        QoS::AtLeastOnce,
+        1,
+        b"",
+    )));
+    h.one(Side::Client, |p| {
+        assert_eq!(
+            p,
+            Packet::PubAck(response(id(1), ReasonCode::NotAuthorized))
+        );
+    });
+    h.client(Packet::Publish(publish(
+        "secret/a",
+        QoS::ExactlyOnce,
+        2,
+        b"",
+    )));
+    h.one(Side::Client, |p| {
+        assert_eq!(
+            p,
+            Packet::PubRec(response(id(2), ReasonCode::NotAuthorized))
+        );
+    });
+    h.client(Packet::Publish(publish(
+        "secret/a",
+        QoS::AtMostOnce,
+        0,
+        b"",
+    )));
+    assert!(h.drain(Side::Client).is_empty());
+    assert!(h.drain(Side::Upstream).is_empty());
+
+    // 3.1.1 cannot say no: acknowledged, dropped, and the QoS 2 flow finished here.
+    let mut h = Harness::connected(Guard, V311, None);
+    h.client(Packet::Publish(publish(
+        "secret/a",
+        QoS::ExactlyOnce,
+        2,
+        b"",
+    )));
+    h.one(Side::Client, |p| {
+        assert_eq!(p, Packet::PubRec(PubResponse::new(id(2))))
+    });
+    h.client(Packet::PubRel(PubResponse::new(id(2))));
+    h.one(Side::Client, |p| {
+        assert_eq!(p, Packet::PubComp(PubResponse::new(id(2))))
+    });
+    assert!(h.drain(Side::Upstream).is_empty());
+    // Another identifier's PUBREL is the upstream's.
+    h.client(Packet::PubRel(PubResponse::new(id(3))));
+    assert_eq!(h.drain(Side::Upstream).len(), 1);
+}
+
+#[test]
+fn a_refused_filter_gets_its_code_between_the_upstreams() {
+    let mut h = Harness::connected(Guard, V5, None);
+    let filters = [
+        SubscribeFilter {
+            filter: "a",
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        },
+        SubscribeFilter {
+            filter: "secret/x",
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        },
+        SubscribeFilter {
+            filter: "b",
+            options: SubscriptionOptions::qos(QoS::ExactlyOnce),
+        },
+    ];
+    h.client(Packet::Subscribe(Subscribe {
+        packet_id: id(4),
+        properties: EMPTY_PROPERTIES,
+        filters: List::new(&filters),
+    }));
+    h.one(Side::Upstream, |p| {
+        let Packet::Subscribe(s) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            s.filters.iter().map(|f| f.filter).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+    });
+    let codes = [ReasonCode::GrantedQoS1, ReasonCode::GrantedQoS2];
+    h.upstream(Packet::SubAck(SubAck {
+        packet_id: id(4),
+        properties: EMPTY_PROPERTIES,
+        reason_codes: List::new(&codes),
+    }));
+    h.one(Side::Client, |p| {
+        let Packet::SubAck(s) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            s.reason_codes.iter().collect::<Vec<_>>(),
+            vec![
+                ReasonCode::GrantedQoS1,
+                ReasonCode::NotAuthorized,
+                ReasonCode::GrantedQoS2
+            ]
+        );
+    });
+
+    // Every filter refused: the upstream never hears of it.
+    h.client(Packet::Subscribe(Subscribe {
+        packet_id: id(5),
+        properties: EMPTY_PROPERTIES,
+        filters: List::new(&filters[1..2]),
+    }));
+    assert!(h.drain(Side::Upstream).is_empty());
+    h.one(Side::Client, |p| {
+        let Packet::SubAck(s) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            s.reason_codes.iter().collect::<Vec<_>>(),
+            vec![ReasonCode::NotAuthorized]
+        );
+    });
+}
+
+#[test]
+fn a_refused_connect_never_reaches_upstream() {
+    for (version, expected) in [
+        (V5, ReasonCode::NotAuthorized),
+        (V311, ReasonCode::NotAuthorized),
+    ] {
+        let mut h = Harness::new(tenant(), &[]);
+        h.version = version;
+        h.client(Packet::Connect(connect(version, "dev", None)));
+        assert_eq!(
+            h.events(),
+            vec![PipeEvent::Close {
+                by: Side::Client,
+                reason: expected
+            }]
+        );
+        assert!(h.drain(Side::Upstream).is_empty());
+        h.one(Side::Client, |p| {
+            let Packet::ConnAck(c) = p else {
+                panic!("{p:?}")
+            };
+            // Over 3.1.1 it travels as return code 5, "not authorized".
+            assert!(c.reason_code.is_error());
+        });
+        assert!(h.pipe.is_closed());
+    }
+}
+
+#[test]
+fn a_refused_upstream_connack_closes_the_pair() {
+    let mut h = Harness::new(AllowAll, &[]);
+    h.client(Packet::Connect(connect(V5, "dev", None)));
+    h.events();
+    h.upstream(Packet::ConnAck(ConnAck {
+        reason_code: ReasonCode::BadUserNameOrPassword,
+        ..ConnAck::default()
+    }));
+    h.one(Side::Client, |p| {
+        let Packet::ConnAck(c) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(c.reason_code, ReasonCode::BadUserNameOrPassword);
+    });
+    assert_eq!(
+        h.events(),
+        vec![PipeEvent::Close {
+            by: Side::Upstream,
+            reason: ReasonCode::BadUserNameOrPassword
+        }]
+    );
+}
+
+#[test]
+fn bad_client_input_closes_with_its_reason_code() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    // PUBLISH with QoS 1 and no packet identifier room: a malformed body.
+    let mut buf = BytesMut::from(&[0x32, 0x01, 0x00][..]);
+    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    h.one(Side::Client, |p| {
+        let Packet::Disconnect(d) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(d.reason_code, ReasonCode::MalformedPacket);
+    });
+    assert!(
+        h.drain(Side::Upstream).is_empty(),
+        "the upstream is just closed: the will goes"
+    );
+    assert_eq!(
+        h.events(),
+        vec![PipeEvent::Close {
+            by: Side::Client,
+            reason: ReasonCode::MalformedPacket
+        }]
+    );
+    // Nothing more is read once closed.
+    let mut buf = bytes(Packet::PingReq, V5);
+    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    assert!(h.drain(Side::Upstream).is_empty());
+}
+
+#[test]
+fn bad_upstream_input_tells_both_sides() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    h.upstream(Packet::Subscribe(Subscribe {
+        packet_id: id(1),
+        properties: EMPTY_PROPERTIES,
+        filters: List::new(&[SubscribeFilter {
+            filter: "a",
+            options: SubscriptionOptions::default(),
+        }]),
+    }));
+    h.one(Side::Upstream, |p| {
+        let Packet::Disconnect(d) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(d.reason_code, ReasonCode::ProtocolError);
+    });
+    h.one(Side::Client, |p| {
+        let Packet::Disconnect(d) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(d.reason_code, ReasonCode::UnspecifiedError);
+    });
+    assert_eq!(
+        h.events(),
+        vec![PipeEvent::Close {
+            by: Side::Upstream,
+            reason: ReasonCode::ProtocolError
+        }]
+    );
+}
+
+#[test]
+fn a_topic_alias_is_refused_since_none_were_granted() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    let aliased = Publish {
+        properties: Properties {
+            topic_alias: Some(1),
+            ..Properties::default()
+        },
+        ..publish("a", QoS::AtMostOnce, 0, b"")
+    };
+    h.client(Packet::Publish(aliased));
+    h.one(Side::Client, |p| {
+        let Packet::Disconnect(d) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(d.reason_code, ReasonCode::TopicAliasInvalid);
+    });
+}
+
+#[test]
+fn the_upstream_going_away_is_told_to_the_client() {
+    let mut h = Harness::new(AllowAll, &[]);
+    h.client(Packet::Connect(connect(V5, "dev", None)));
+    h.events();
+    h.drain(Side::Upstream);
+    h.pipe.upstream_lost();
+    h.one(Side::Client, |p| {
+        let Packet::ConnAck(c) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(c.reason_code, ReasonCode::ServerUnavailable);
+    });
+
+    let mut h = Harness::connected(AllowAll, V5, None);
+    h.pipe.shut(ReasonCode::ServerShuttingDown);
+    h.one(Side::Client, |p| {
+        let Packet::Disconnect(d) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(d.reason_code, ReasonCode::ServerShuttingDown);
+    });
+    assert!(h.pipe.is_closed());
+}
+
+#[test]
+fn a_traced_client_has_every_packet_logged() {
+    let mut h = Harness::new(tenant(), &["dev"]);
+    h.client(Packet::Connect(connect(V5, "dev", Some("alice"))));
+    h.upstream(Packet::ConnAck(ConnAck::default()));
+    h.client(Packet::Publish(publish("a", QoS::AtMostOnce, 0, b"xyz")));
+    let lines: Vec<(Side, String)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            PipeEvent::Trace { to, line, .. } => Some((to, line)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].1.starts_with("CONNECT v5 client_id=\"dev\""));
+    assert_eq!(lines[2].0, Side::Client);
+    assert!(lines[2].1.starts_with("CONNACK"));
+    assert_eq!(
+        lines[3],
+        (
+            Side::Upstream,
+            String::from(
+                "PUBLISH topic=\"t/alice/a\" qos=0 retain=false dup=false id=None payload=3B (rewritten)"
+            )
+        )
+    );
+    // Untraced clients produce no trace.
+    let mut h = Harness::connected(AllowAll, V5, None);
+    h.client(Packet::PingReq);
+    assert!(h.events().is_empty());
+}
+
+proptest! {
+    /// However the bytes are cut into reads, the same frames come out.
+    #[test]
+    fn reads_may_be_cut_anywhere(cuts in proptest::collection::vec(0usize..200, 0..8)) {
+        let mut stream = bytes(Packet::Connect(connect(V5, "dev", Some("alice"))), V5);
+        stream.unsplit(bytes(Packet::Publish(publish("a/b", QoS::AtLeastOnce, 1, b"hello")), V5));
+        stream.unsplit(bytes(Packet::PingReq, V5));
+        stream.unsplit(bytes(Packet::Publish(publish("c", QoS::ExactlyOnce, 2, &[7; 100])), V5));
+        let mut whole = Harness::new(tenant(), &[]);
+        let mut all = stream.clone();
+        whole.pipe.handle_client(Instant::ZERO, &mut all, &mut *whole.hooks);
+        let expected = whole.drain(Side::Upstream);
+        prop_assert_eq!(expected.len(), 4);
+
+        let mut cut = Harness::new(tenant(), &[]);
+        let mut buf = BytesMut::new();
+        let mut rest = stream;
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let total = rest.len();
+        let mut at = 0;
+        for c in cuts.into_iter().chain([total]) {
+            let c = c.min(total);
+            if c > at {
+                buf.unsplit(rest.split_to(c - at));
+                at = c;
+            }
+            cut.pipe.handle_client(Instant::ZERO, &mut buf, &mut *cut.hooks);
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(cut.drain(Side::Upstream), expected);
+    }
+
+    /// Arbitrary bytes from either side close the pair at worst, never panic.
+    #[test]
+    fn garbage_never_panics(client in proptest::collection::vec(any::<u8>(), 0..300),
+                            upstream in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut h = Harness::connected(tenant(), V5, Some("alice"));
+        let mut c = BytesMut::from(&client[..]);
+        let mut u = BytesMut::from(&upstream[..]);
+        h.pipe.handle_client(h.now, &mut c, &mut *h.hooks);
+        h.pipe.handle_upstream(h.now, &mut u, &mut *h.hooks);
+        h.drain(Side::Client);
+        h.drain(Side::Upstream);
+        h.events();
+    }
+}
