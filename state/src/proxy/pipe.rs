@@ -40,9 +40,9 @@ use crate::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The device's connection to the proxy.
-    Client,
+    Client = 0,
     /// The proxy's connection to the upstream broker.
-    Upstream,
+    Upstream = 1,
 }
 
 /// Settings shared by every pipe of a proxy.
@@ -106,6 +106,9 @@ pub struct Pipe {
     tracing: bool,
     to_client: VecDeque<Bytes>,
     to_upstream: VecDeque<Bytes>,
+    /// Bytes in `to_client` and `to_upstream`: the runtime stops reading a side while the
+    /// other one cannot take more.
+    queued: [usize; 2],
     events: VecDeque<PipeEvent>,
     /// QoS 2 PUBLISHes from the client that a hook refused: their PUBREL is answered here.
     refused_from_client: Vec<PacketId>,
@@ -131,6 +134,7 @@ impl Pipe {
             tracing: false,
             to_client: VecDeque::new(),
             to_upstream: VecDeque::new(),
+            queued: [0; 2],
             events: VecDeque::new(),
             refused_from_client: Vec::new(),
             refused_from_upstream: Vec::new(),
@@ -200,9 +204,24 @@ impl Pipe {
 
     /// The next frame to write to `side`.
     pub fn poll_transmit(&mut self, side: Side) -> Option<Bytes> {
-        match side {
+        let frame = match side {
             Side::Client => self.to_client.pop_front(),
             Side::Upstream => self.to_upstream.pop_front(),
+        }?;
+        self.queued[side as usize] -= frame.len();
+        Some(frame)
+    }
+
+    /// The bytes waiting to be written to `side`.
+    pub fn queued(&self, side: Side) -> usize {
+        self.queued[side as usize]
+    }
+
+    fn push(&mut self, to: Side, frame: Bytes) {
+        self.queued[to as usize] += frame.len();
+        match to {
+            Side::Client => self.to_client.push_back(frame),
+            Side::Upstream => self.to_upstream.push_back(frame),
         }
     }
 
@@ -323,10 +342,7 @@ impl Pipe {
 
     fn forward(&mut self, to: Side, packet: &Packet<'_>, frame: &Bytes) {
         self.trace(to, packet, "");
-        match to {
-            Side::Client => self.to_client.push_back(frame.clone()),
-            Side::Upstream => self.to_upstream.push_back(frame.clone()),
-        }
+        self.push(to, frame.clone());
     }
 
     fn encode(&self, packet: &Packet<'_>) -> Option<Bytes> {
@@ -338,14 +354,14 @@ impl Pipe {
     fn send_client_packet(&mut self, packet: Packet<'_>) {
         self.trace(Side::Client, &packet, " (from the proxy)");
         if let Some(bytes) = self.encode(&packet) {
-            self.to_client.push_back(bytes);
+            self.push(Side::Client, bytes);
         }
     }
 
     fn send_upstream_packet(&mut self, packet: Packet<'_>) {
         self.trace(Side::Upstream, &packet, " (from the proxy)");
         if let Some(bytes) = self.encode(&packet) {
-            self.to_upstream.push_back(bytes);
+            self.push(Side::Upstream, bytes);
         }
     }
 
@@ -354,10 +370,7 @@ impl Pipe {
     fn send_rewritten(&mut self, to: Side, packet: Packet<'_>) {
         self.trace(to, &packet, " (rewritten)");
         match self.encode(&packet) {
-            Some(bytes) => match to {
-                Side::Client => self.to_client.push_back(bytes),
-                Side::Upstream => self.to_upstream.push_back(bytes),
-            },
+            Some(bytes) => self.push(to, bytes),
             None => {
                 self.disconnect_client(ReasonCode::ImplementationSpecificError);
                 self.close(to, ReasonCode::ImplementationSpecificError);
