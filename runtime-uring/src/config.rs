@@ -239,7 +239,7 @@ impl Config {
 }
 
 /// toml's message, with the line number first: `line 3, key limits.maximum_qos: …`.
-fn describe(text: &str, error: &toml::de::Error) -> String {
+pub(crate) fn describe(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim_end().to_string();
     match error.span() {
         Some(span) => {

@@ -33,6 +33,7 @@ mod auth;
 pub mod config;
 mod hooks;
 pub mod passwd;
+pub mod proxy;
 mod shared;
 mod sys;
 mod transport;

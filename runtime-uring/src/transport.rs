@@ -28,6 +28,38 @@ impl Stream {
         }
     }
 
+    /// Writes the frames with one gathering write per call (nothing copied), until every
+    /// byte is out. The proxy forwards the frames it read this way.
+    pub(crate) async fn write_frames(&self, mut frames: Vec<bytes::Bytes>) -> io::Result<()> {
+        while !frames.is_empty() {
+            let (result, rest) = match self {
+                Stream::Tcp(s) => s.writev(frames).await,
+                Stream::Unix(s) => s.writev(frames).await,
+            };
+            frames = rest;
+            let mut written = result?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // Drop what went out; a frame written in part keeps its tail.
+            let done = frames
+                .iter()
+                .take_while(|f| {
+                    let whole = written >= f.len();
+                    if whole {
+                        written -= f.len();
+                    }
+                    whole
+                })
+                .count();
+            frames.drain(..done);
+            if let Some(first) = frames.first_mut() {
+                let _ = first.split_to(written);
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),

@@ -1,4 +1,4 @@
-//! The `petrel` command: the broker.
+//! The `petrel` command: the broker, and `petrel proxy`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use tracing::{error, info};
 ///
 /// Without options it listens on 127.0.0.1:1883 and accepts anonymous clients from loopback
 /// only. Every option of the configuration file is documented in
-/// runtime-uring/petrel.example.toml.
+/// runtime-uring/petrel.example.toml. `petrel proxy --help`: Petrel in front of other brokers.
 #[derive(Debug, Parser)]
 #[command(name = "petrel", version)]
 struct Args {
@@ -43,6 +43,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("proxy") {
+        return petrel::proxy::cli_main(std::env::args().skip(1));
+    }
     let args = Args::parse();
     if let Some(Command::Passwd(passwd)) = &args.command {
         return match petrel::passwd::run(passwd) {

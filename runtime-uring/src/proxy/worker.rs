@@ -1,0 +1,363 @@
+//! One proxy worker: a tokio-uring runtime serving the clients its listener accepts.
+//!
+//! Per client, a [`Pair`]: the client's stream, the upstream's once connected, and the
+//! sans-IO [`Pipe`] between them. A reader per side hands what it reads to the pipe; a
+//! writer per side runs only while the pipe has frames for that side, and writes them with
+//! one gathering write. A reader stops reading while the other side has more than
+//! [`MAX_QUEUED`] bytes waiting, so a slow peer slows its partner instead of filling memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use petrel_codec::ReasonCode;
+use petrel_state::broker::Hooks;
+use petrel_state::proxy::{Pipe, PipeEvent, Side};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::{HealthCommand, ProxyMessage, ProxyShared};
+use crate::transport::Stream;
+
+/// The smallest read buffer, posted while a side is idle.
+const MIN_READ: usize = 128;
+/// The largest read buffer, reached by doubling while reads keep filling it.
+const MAX_READ: usize = 64 * 1024;
+/// Bytes waiting for one side above which the other side is not read.
+const MAX_QUEUED: usize = 256 * 1024;
+/// Frames handed to one gathering write (below the kernel's IOV_MAX of 1024).
+const MAX_FRAMES_PER_WRITE: usize = 256;
+
+struct Worker {
+    index: usize,
+    shared: Arc<ProxyShared>,
+    hooks: RefCell<Box<dyn Hooks>>,
+    pairs: RefCell<HashMap<u32, Rc<Pair>>>,
+    shutting_down: Cell<bool>,
+}
+
+/// One client and its upstream connection.
+struct Pair {
+    id: u32,
+    pipe: RefCell<Pipe>,
+    client: Rc<Stream>,
+    upstream: RefCell<Option<Rc<Stream>>>,
+    upstream_address: RefCell<Option<String>>,
+    /// A writer task runs for the side (indexed by `Side as usize`).
+    writing: [Cell<bool>; 2],
+    /// A writer wrote to the side: a reader held back for it may go on.
+    drained: [Notify; 2],
+    /// The pipe closed: write what is queued, then shut both streams.
+    closing: Cell<bool>,
+    finished: Cell<bool>,
+}
+
+impl Pair {
+    fn stream(&self, side: Side) -> Option<Rc<Stream>> {
+        match side {
+            Side::Client => Some(self.client.clone()),
+            Side::Upstream => self.upstream.borrow().clone(),
+        }
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Upstream,
+        Side::Upstream => Side::Client,
+    }
+}
+
+pub(super) async fn run(
+    index: usize,
+    shared: Arc<ProxyShared>,
+    listeners: Vec<std::net::TcpListener>,
+    mut inbox: UnboundedReceiver<ProxyMessage>,
+) {
+    let worker = Rc::new(Worker {
+        index,
+        hooks: RefCell::new(Box::new(shared.hooks.clone())),
+        shared,
+        pairs: RefCell::new(HashMap::new()),
+        shutting_down: Cell::new(false),
+    });
+    for listener in listeners {
+        let listener = tokio_uring::net::TcpListener::from_std(listener);
+        tokio_uring::spawn(worker.clone().accept(listener));
+    }
+    while let Some(message) = inbox.recv().await {
+        match message {
+            ProxyMessage::Evict { upstream, reason } => worker.evict(&upstream, reason),
+            ProxyMessage::Shutdown => break,
+        }
+    }
+    worker.shutdown().await;
+}
+
+impl Worker {
+    async fn accept(self: Rc<Self>, listener: tokio_uring::net::TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    if self.shutting_down.get() {
+                        return;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.clone().open(Stream::Tcp(stream), remote.to_string());
+                }
+                Err(e) => {
+                    warn!(worker = self.index, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn open(self: Rc<Self>, stream: Stream, remote: String) {
+        let id = self.shared.next_pair.fetch_add(1, Ordering::Relaxed);
+        let pipe = Pipe::new(id, self.shared.pipe_config.clone(), Some(remote));
+        let pair = Rc::new(Pair {
+            id,
+            pipe: RefCell::new(pipe),
+            client: Rc::new(stream),
+            upstream: RefCell::new(None),
+            upstream_address: RefCell::new(None),
+            writing: [Cell::new(false), Cell::new(false)],
+            drained: [Notify::new(), Notify::new()],
+            closing: Cell::new(false),
+            finished: Cell::new(false),
+        });
+        self.pairs.borrow_mut().insert(id, pair.clone());
+        tokio_uring::spawn(self.clone().connect_deadline(pair.clone()));
+        tokio_uring::spawn(self.read(pair, Side::Client));
+    }
+
+    /// Closes a client that has not sent its CONNECT in time.
+    async fn connect_deadline(self: Rc<Self>, pair: Rc<Pair>) {
+        tokio::time::sleep(self.shared.connect_timeout).await;
+        if pair.upstream_address.borrow().is_none() && !pair.closing.get() {
+            debug!(pair = pair.id, "no CONNECT in time");
+            pair.closing.set(true);
+            self.after(&pair);
+        }
+    }
+
+    async fn read(self: Rc<Self>, pair: Rc<Pair>, side: Side) {
+        let Some(stream) = pair.stream(side) else {
+            return;
+        };
+        let mut pending = BytesMut::new();
+        let mut capacity = MIN_READ;
+        loop {
+            if pair.closing.get() {
+                return;
+            }
+            if pair.pipe.borrow().queued(other(side)) > MAX_QUEUED {
+                pair.drained[other(side) as usize].notified().await;
+                continue;
+            }
+            let (result, filled) = stream.read(Vec::with_capacity(capacity)).await;
+            let n = match result {
+                Ok(n) if n > 0 => n,
+                _ => return self.side_ended(&pair, side),
+            };
+            // The read buffer becomes the frames' storage: complete packets are split off
+            // it and forwarded as they are. Only a packet cut by the end of a read is
+            // copied, to be completed by the next one.
+            let chunk = Bytes::from(filled)
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            if pending.is_empty() {
+                pending = chunk;
+            } else {
+                pending.extend_from_slice(&chunk);
+            }
+            {
+                let now = self.shared.now();
+                let mut hooks = self.hooks.borrow_mut();
+                let mut pipe = pair.pipe.borrow_mut();
+                match side {
+                    Side::Client => pipe.handle_client(now, &mut pending, &mut **hooks),
+                    Side::Upstream => pipe.handle_upstream(now, &mut pending, &mut **hooks),
+                }
+            }
+            self.after(&pair);
+            capacity = if n == capacity {
+                (capacity * 2).min(MAX_READ)
+            } else {
+                n.next_power_of_two().clamp(MIN_READ, MAX_READ)
+            };
+        }
+    }
+
+    /// A side's stream ended (or failed) without the pipe closing the pair first.
+    fn side_ended(self: &Rc<Self>, pair: &Rc<Pair>, side: Side) {
+        if pair.closing.get() {
+            return;
+        }
+        match side {
+            // Closed without DISCONNECT: the upstream connection is dropped as abruptly,
+            // so the upstream publishes the client's will.
+            Side::Client => pair.closing.set(true),
+            Side::Upstream => pair.pipe.borrow_mut().upstream_lost(),
+        }
+        self.after(pair);
+    }
+
+    /// Does what the pipe asks, starts the writers it needs, and closes a finished pair.
+    fn after(self: &Rc<Self>, pair: &Rc<Pair>) {
+        loop {
+            let event = pair.pipe.borrow_mut().poll_event();
+            match event {
+                None => break,
+                Some(PipeEvent::OpenUpstream { client_id }) => {
+                    tokio_uring::spawn(self.clone().connect(pair.clone(), client_id));
+                }
+                Some(PipeEvent::Trace {
+                    client_id,
+                    to,
+                    line,
+                }) => {
+                    info!(target: "petrel::proxy::trace", client_id, to = ?to, "{line}");
+                }
+                Some(PipeEvent::Close { by, reason }) => {
+                    debug!(pair = pair.id, by = ?by, reason = ?reason, "closing");
+                    pair.closing.set(true);
+                }
+            }
+        }
+        for side in [Side::Client, Side::Upstream] {
+            let has_stream = side == Side::Client || pair.upstream.borrow().is_some();
+            if has_stream
+                && pair.pipe.borrow().queued(side) > 0
+                && !pair.writing[side as usize].replace(true)
+            {
+                tokio_uring::spawn(self.clone().write(pair.clone(), side));
+            }
+        }
+        if pair.closing.get() {
+            self.finish_if_flushed(pair);
+        }
+    }
+
+    async fn write(self: Rc<Self>, pair: Rc<Pair>, side: Side) {
+        if let Some(stream) = pair.stream(side) {
+            loop {
+                let frames: Vec<Bytes> = {
+                    let mut pipe = pair.pipe.borrow_mut();
+                    std::iter::from_fn(|| pipe.poll_transmit(side))
+                        .take(MAX_FRAMES_PER_WRITE)
+                        .collect()
+                };
+                if frames.is_empty() {
+                    break;
+                }
+                if stream.write_frames(frames).await.is_err() {
+                    pair.closing.set(true);
+                    break;
+                }
+                pair.drained[side as usize].notify_one();
+            }
+        }
+        pair.writing[side as usize].set(false);
+        if pair.closing.get() {
+            self.finish_if_flushed(&pair);
+        }
+    }
+
+    /// Shuts both streams once no writer is left (each ran until its queue was empty or
+    /// its stream failed).
+    fn finish_if_flushed(&self, pair: &Rc<Pair>) {
+        if pair.writing.iter().any(Cell::get) || pair.finished.replace(true) {
+            return;
+        }
+        pair.client.shutdown();
+        if let Some(upstream) = pair.upstream.borrow().as_ref() {
+            upstream.shutdown();
+        }
+        // Readers held back by a full queue must see the close too.
+        for notify in &pair.drained {
+            notify.notify_one();
+        }
+        self.pairs.borrow_mut().remove(&pair.id);
+        let pipe = pair.pipe.borrow();
+        debug!(
+            pair = pair.id,
+            client_id = pipe.client_id(),
+            upstream = ?pair.upstream_address.borrow(),
+            "closed"
+        );
+    }
+
+    /// Connects the pair to the live upstream its client id hashes to, trying the next
+    /// live one (the balancer's choice once the failed one is down) until none is left.
+    async fn connect(self: Rc<Self>, pair: Rc<Pair>, client_id: String) {
+        loop {
+            let Some(address) = self.shared.balancer().choose(&client_id).map(String::from) else {
+                warn!(client_id, "no live upstream");
+                pair.pipe.borrow_mut().upstream_lost();
+                return self.after(&pair);
+            };
+            let attempt = async {
+                let addr: SocketAddr = address.parse().map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad address")
+                })?;
+                tokio_uring::net::TcpStream::connect(addr).await
+            };
+            match tokio::time::timeout(self.shared.upstream_connect_timeout, attempt).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    if pair.closing.get() {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    debug!(pair = pair.id, client_id, upstream = %address, "upstream connected");
+                    *pair.upstream.borrow_mut() = Some(Rc::new(Stream::Tcp(stream)));
+                    *pair.upstream_address.borrow_mut() = Some(address);
+                    tokio_uring::spawn(self.clone().read(pair.clone(), Side::Upstream));
+                    return self.after(&pair);
+                }
+                Ok(Err(e)) => warn!(upstream = %address, "cannot connect: {e}"),
+                Err(_) => warn!(upstream = %address, "cannot connect: timed out"),
+            }
+            let now = self.shared.now();
+            self.shared.balancer().connect_failed(now, &address);
+            self.shared.tell_health(HealthCommand::Wake);
+        }
+    }
+
+    /// Disconnects the clients served by `upstream`.
+    fn evict(self: &Rc<Self>, upstream: &str, reason: ReasonCode) {
+        let victims: Vec<Rc<Pair>> = self
+            .pairs
+            .borrow()
+            .values()
+            .filter(|p| p.upstream_address.borrow().as_deref() == Some(upstream))
+            .cloned()
+            .collect();
+        for pair in victims {
+            pair.pipe.borrow_mut().shut(reason);
+            self.after(&pair);
+        }
+    }
+
+    async fn shutdown(self: &Rc<Self>) {
+        self.shutting_down.set(true);
+        let all: Vec<Rc<Pair>> = self.pairs.borrow().values().cloned().collect();
+        for pair in all {
+            pair.pipe.borrow_mut().shut(ReasonCode::ServerShuttingDown);
+            pair.closing.set(true);
+            self.after(&pair);
+        }
+        // A moment for the last DISCONNECTs to be written.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !self.pairs.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
