@@ -24,9 +24,24 @@ impl Broker {
     }
 
     pub fn start_with(args: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
+        command
             .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
-            .args(args)
+            .args(args);
+        Broker::spawn(command)
+    }
+
+    /// `petrel proxy --listen 127.0.0.1:0` with these arguments (upstreams, config file).
+    pub fn start_proxy(args: &[&str]) -> Broker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
+        command
+            .args(["proxy", "--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(args);
+        Broker::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Broker {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -82,6 +97,13 @@ impl Broker {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGHUP (the proxy re-reads its configuration).
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -117,8 +139,13 @@ impl Sub {
     /// `mosquitto_sub -v` on `broker` with extra arguments; returns after giving it time to
     /// connect and subscribe, so publishes after this are not missed.
     pub fn start(broker: &Broker, args: &[&str]) -> Sub {
+        Sub::start_on(broker.addr.port(), args)
+    }
+
+    /// [`Sub::start`] on any broker's port (a mosquitto the test started, say).
+    pub fn start_on(port: u16, args: &[&str]) -> Sub {
         let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port(), "-v"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -184,8 +211,13 @@ impl Drop for Sub {
 
 /// Runs `mosquitto_pub` to completion; panics if it fails.
 pub fn publish(broker: &Broker, args: &[&str]) {
+    publish_on(broker.addr.port(), args);
+}
+
+/// [`publish`] to any broker's port.
+pub fn publish_on(port: u16, args: &[&str]) {
     let output = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port()])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
         .expect("mosquitto_pub (apt-get install mosquitto-clients)");
@@ -232,6 +264,24 @@ impl RawClient {
         let connack = client.next_packet_type();
         assert_eq!(connack, Some(petrel_codec::PacketType::ConnAck));
         client
+    }
+
+    /// A client on a stream that is already connected (and has sent nothing).
+    pub fn from_stream(
+        stream: std::net::TcpStream,
+        version: petrel_codec::ProtocolVersion,
+    ) -> RawClient {
+        RawClient {
+            stream,
+            version,
+            inbox: Vec::new(),
+        }
+    }
+
+    /// Writes bytes as they are (garbage, a malformed packet).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("write");
     }
 
     pub fn send(&mut self, packet: &petrel_codec::Packet<'_>) {
