@@ -301,13 +301,23 @@ impl Worker {
         // Filled by swapping with the connection's own transmit buffer: nothing is copied,
         // and the buffer goes away with this task.
         let mut buf = BytesMut::new();
+        let mut yielded = false;
         loop {
             let now = self.now();
             let n = self.broker.borrow_mut().poll_transmit(now, id, &mut buf);
             self.after_input();
             if n == 0 {
+                // Under load more is usually on its way (the reader or another shard is
+                // about to route it): let those tasks run once before ending, rather than
+                // ending and being spawned again for the next message.
+                if !yielded && !io.closing.get() {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 break;
             }
+            yielded = false;
             if tracing::enabled!(tracing::Level::DEBUG) {
                 trace_packets(id, &buf, "out");
             }
