@@ -235,6 +235,49 @@ fn anonymous_clients_are_refused_with_not_authorized() {
     publish(&proxy, &["-u", "someone", "-t", "x", "-m", "x"]);
 }
 
+#[test]
+fn the_password_file_refuses_a_wrong_password() {
+    let upstream = Mosquitto::start();
+    let passwords = std::env::temp_dir().join(format!(
+        "petrel-proxy-test-{}-{}.passwd",
+        std::process::id(),
+        free_port()
+    ));
+    let made = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["alice", "secret"])
+        .status()
+        .expect("mosquitto_passwd (apt-get install mosquitto)");
+    assert!(made.success());
+    let (proxy, _config) = proxy(
+        &[&upstream],
+        &format!(
+            "[auth]\npassword_file = \"{}\"",
+            passwords.to_str().unwrap()
+        ),
+    );
+    for version in ["mqttv311", "mqttv5"] {
+        let output = Command::new("mosquitto_pub")
+            .args(["-p", &proxy.port(), "-V", version, "-t", "x", "-m", "x"])
+            .args(["-u", "alice", "-P", "wrong"])
+            .output()
+            .expect("mosquitto_pub");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+        assert!(!output.status.success(), "{version}");
+        assert!(
+            stderr.contains("bad user name or password"),
+            "{version}: {stderr}"
+        );
+    }
+    publish(
+        &proxy,
+        &["-u", "alice", "-P", "secret", "-t", "x", "-m", "x"],
+    );
+    let _ = std::fs::remove_file(passwords);
+}
+
 /// A CONNECT sent without waiting for the answer (RawClient::connect insists on success).
 fn raw_connect(proxy: &Broker, version: ProtocolVersion, client_id: &str) -> RawClient {
     let stream = TcpStream::connect(proxy.addr).expect("connect");

@@ -103,7 +103,11 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             break;
         }
         match args.config() {
-            Ok(config) => proxy.reload(&config),
+            Ok(config) => {
+                if let Err(e) = proxy.reload(&config) {
+                    warn!("auth files not reloaded, the rules in force stay: {e}");
+                }
+            }
             Err(e) => warn!("reload refused, keeping the running configuration: {e}"),
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use petrel_state::proxy::{BuiltinHooks, HealthConfig, PipeConfig};
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::config::{describe, ConfigError};
 
 /// How upstreams are probed.
@@ -63,6 +64,8 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout_ms: u64,
     /// Upstream probing.
     pub health: HealthSettings,
+    /// The password file and the ACL file, as the broker's `[auth]`.
+    pub auth: AuthConfig,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +82,7 @@ impl Default for ProxyConfig {
             connect_timeout: 10,
             upstream_connect_timeout_ms: 1000,
             health: HealthSettings::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod cli;
 mod config;
 mod health;
+mod hooks;
 mod worker;
 
 use std::io;
@@ -55,6 +56,7 @@ enum HealthCommand {
 /// What the workers and the health thread share.
 struct ProxyShared {
     pipe_config: PipeConfig,
+    access: Arc<crate::auth::Access>,
     hooks: BuiltinHooks,
     connect_timeout: Duration,
     upstream_connect_timeout: Duration,
@@ -126,12 +128,21 @@ impl Proxy {
             }
             addrs.push(addr);
         }
+        let access = crate::auth::Access::load(config.auth.clone())
+            .map(Arc::new)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let watcher = if access.configured() {
+            Some(access.clone().watch()?)
+        } else {
+            None
+        };
         let (health_tx, health_rx) = mpsc::channel();
         let origin = std::time::Instant::now();
         let mut balancer = Balancer::new(config.health_config());
         balancer.set_upstreams(Instant::ZERO, &config.upstream_addresses());
         let shared = Arc::new(ProxyShared {
             pipe_config: config.pipe_config(),
+            access,
             hooks: config.hooks(),
             connect_timeout: Duration::from_secs(config.connect_timeout.max(1)),
             upstream_connect_timeout: Duration::from_millis(
@@ -172,6 +183,7 @@ impl Proxy {
             shared,
             threads,
             health,
+            watcher,
         })
     }
 }
@@ -182,6 +194,7 @@ pub struct RunningProxy {
     shared: Arc<ProxyShared>,
     threads: Vec<JoinHandle<()>>,
     health: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl RunningProxy {
@@ -192,10 +205,13 @@ impl RunningProxy {
 
     /// Applies a reloaded configuration's upstreams: clients of removed upstreams are
     /// disconnected (DISCONNECT "administrative action"), everyone else stays connected.
-    /// The other settings take effect on restart.
-    pub fn reload(&self, config: &ProxyConfig) {
+    /// The password and ACL files are read again too (they are also re-read within a
+    /// second of changing); an error there names the file and line and keeps the rules in
+    /// force. The other settings take effect on restart.
+    pub fn reload(&self, config: &ProxyConfig) -> Result<(), String> {
         self.shared
             .tell_health(HealthCommand::Upstreams(config.upstream_addresses()));
+        self.shared.access.reload()
     }
 
     /// The configured upstreams and whether each is live, in configuration order.
@@ -215,5 +231,9 @@ impl RunningProxy {
         }
         self.shared.tell_health(HealthCommand::Stop);
         let _ = self.health.join();
+        self.shared.access.stop();
+        if let Some(watcher) = self.watcher {
+            let _ = watcher.join();
+        }
     }
 }

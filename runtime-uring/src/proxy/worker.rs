@@ -21,7 +21,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::hooks::ProxyHooks;
 use super::{HealthCommand, ProxyMessage, ProxyShared};
+use crate::auth::AccessView;
 use crate::transport::Stream;
 
 /// The smallest read buffer, posted while a side is idle.
@@ -81,7 +83,10 @@ pub(super) async fn run(
 ) {
     let worker = Rc::new(Worker {
         index,
-        hooks: RefCell::new(Box::new(shared.hooks.clone())),
+        hooks: RefCell::new(Box::new(ProxyHooks {
+            builtin: shared.hooks.clone(),
+            access: AccessView::new(shared.access.clone()),
+        })),
         shared,
         pairs: RefCell::new(HashMap::new()),
         shutting_down: Cell::new(false),

@@ -27,7 +27,8 @@ pub struct BuiltinHooks {
 }
 
 impl BuiltinHooks {
-    fn prefix(&self, client: &ClientInfo<'_>) -> Option<String> {
+    /// The tenant prefix of `client`, if a template is set.
+    pub fn prefix(&self, client: &ClientInfo<'_>) -> Option<String> {
         let template = self.tenant_template.as_deref()?;
         Some(template.replace("{username}", client.username.unwrap_or_default()))
     }
