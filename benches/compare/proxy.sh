@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Petrel's proxy mode against the broker behind it: every scenario runs against mosquitto
+# directly and against `petrel proxy` in front of the same mosquitto, alternating, for
+# several rounds in one run; then prints a Markdown table (median of the rounds) with the
+# ratios the proxy issue sets goals for: throughput through the proxy / direct (goal
+# ≥ 80%), added p99 latency at a fixed rate (goal ≤ 15%), and the proxy's memory per
+# proxied connection.
+#
+#     bash benches/compare/proxy.sh                     # 3 rounds, about 4 minutes
+#     ROUNDS=1 DURATION=2s bash benches/compare/proxy.sh   # a quick look
+#
+# Environment: ROUNDS (3), DURATION (4s), WARMUP (1s), CLIENTS (connections of the memory
+# scenario, 5000), WORKERS (proxy workers, 1), OUT (target/compare-proxy/<time>).
+#
+# One upstream: the proxy places clients by client id, and petrel-bench's publishers and
+# subscribers must meet on one broker (two unbridged mosquittos would split them).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+HERE=benches/compare
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-4s}"
+WARMUP="${WARMUP:-1s}"
+CLIENTS="${CLIENTS:-5000}"
+WORKERS="${WORKERS:-1}"
+OUT="${OUT:-target/compare-proxy/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+[ -x "$MOSQUITTO" ] || { log "mosquitto is missing (apt-get install mosquitto)"; exit 1; }
+log "building petrel and petrel-bench (release)"
+cargo build --release -p petrel --bin petrel -p petrel-benches --bin petrel-bench
+BENCH=target/release/petrel-bench
+PETREL=target/release/petrel
+# Each proxied connection holds two sockets in the proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+SCENARIOS=(
+    "pairs-qos0|pairs --pairs 8 --qos 0"
+    "pairs-qos1|pairs --pairs 8 --qos 1"
+    "fan-in-qos1|fan-in --publishers 8 --qos 1"
+    "latency-20k|pairs --pairs 4 --qos 1 --rate 20000"
+    "conn|conn --clients $CLIENTS --subscribe --hold 1s"
+)
+
+PIDS=()
+wait_port() {
+    local i
+    for i in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "nothing listens on $1"
+    return 1
+}
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap stop_all EXIT
+
+# Starts mosquitto (and for `proxy` the proxy in front of it); sets PORT and TARGET_PID to
+# what the load generator connects to and measures.
+start() {
+    local target=$1 dir="$OUT/run/$1"
+    mkdir -p "$dir"
+    local mport
+    mport="$("$BENCH" free-port)"
+    sed "s/^listener 1883 /listener $mport /" "$HERE/mosquitto.conf" >"$dir/mosquitto.conf"
+    "$MOSQUITTO" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+    PIDS+=($!)
+    TARGET_PID=$!
+    PORT=$mport
+    wait_port "$mport"
+    if [ "$target" = proxy ]; then
+        PORT="$("$BENCH" free-port)"
+        "$PETREL" proxy --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$mport" \
+            --workers "$WORKERS" --log-level warn >"$dir/proxy.log" 2>&1 &
+        PIDS+=($!)
+        TARGET_PID=$!
+        wait_port "$PORT"
+    fi
+}
+
+STARTED=$(date +%s)
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$ROUNDS"); do
+    for entry in "${SCENARIOS[@]}"; do
+        name="${entry%%|*}"
+        args="${entry#*|}"
+        for target in direct proxy; do
+            extra=()
+            [ "$name" != conn ] && extra+=(--duration "$DURATION" --warmup "$WARMUP")
+            log "round $round/$ROUNDS  $name  $target"
+            start "$target"
+            result="$OUT/results/$name.$target.r$round.json"
+            if ! "$BENCH" $args --port "$PORT" --broker-pid "$TARGET_PID" --label "$target" \
+                --name "$name" --json --quiet "${extra[@]}" \
+                >"$result" 2>"$OUT/logs/$name.$target.r$round.txt"; then
+                log "  failed; see $OUT/logs/$name.$target.r$round.txt"
+                rm -f "$result"
+            fi
+            stop_all
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - STARTED))
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$OUT/results" <<'PY'
+import glob, json, os, statistics, sys
+
+runs = {}
+for path in glob.glob(os.path.join(sys.argv[1], "*.json")):
+    name, target, _ = os.path.basename(path).split(".", 2)
+    with open(path) as f:
+        runs.setdefault((name, target), []).append(json.load(f))
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+def rate(r):
+    return (r.get("delivered") or {}).get("per_sec")
+
+def p99(r):
+    return ((r.get("delivered") or {}).get("latency_us") or {}).get("p99")
+
+def lost(r):
+    return (r.get("delivered") or {}).get("lost") or 0
+
+def mem_per_conn(r):
+    b, n = r.get("broker"), r["connections"]["established"]
+    return (b["rss_peak_bytes"] - b["rss_start_bytes"]) / n if b and n else None
+
+def ratio(a, b):
+    return f"{100 * a / b:.0f}%" if a and b else "-"
+
+print("| scenario | direct to mosquitto | through the proxy | proxy / direct |")
+print("| --- | ---: | ---: | ---: |")
+for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1"]:
+    d = med(rate(r) for r in runs.get((name, "direct"), []))
+    p = med(rate(r) for r in runs.get((name, "proxy"), []))
+    lost_p = sum(lost(r) for r in runs.get((name, "proxy"), []))
+    fmt = lambda v: f"{v:,.0f} msg/s" if v else "-"
+    print(f"| {name} (delivered) | {fmt(d)} | {fmt(p)} (lost {lost_p}) | {ratio(p, d)} |")
+d = med(p99(r) for r in runs.get(("latency-20k", "direct"), []))
+p = med(p99(r) for r in runs.get(("latency-20k", "proxy"), []))
+added = f"+{100 * (p - d) / d:.0f}%" if d and p else "-"
+print(f"| latency-20k p99 | {d / 1000:.2f} ms | {p / 1000:.2f} ms | {added} added |" if d and p else "| latency-20k | - | - | - |")
+d = med(mem_per_conn(r) for r in runs.get(("conn", "direct"), []))
+p = med(mem_per_conn(r) for r in runs.get(("conn", "proxy"), []))
+n = med(r["connections"]["established"] for r in runs.get(("conn", "proxy"), []))
+if d and p:
+    print(f"| memory per connection ({n:,.0f} subscribed clients) | mosquitto {d / 1024:.1f} KiB | proxy process {p / 1024:.1f} KiB | - |")
+PY
+log "done in ${ELAPSED}s; load average $LOAD_START / $LOAD_END; results in $OUT"
