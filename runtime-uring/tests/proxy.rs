@@ -414,3 +414,20 @@ fn bad_input_closes_the_pair_not_the_proxy() {
     publish(&proxy, &["-t", "ok", "-m", "still"]);
     assert_eq!(sub.lines(), vec!["ok still"]);
 }
+
+#[test]
+fn a_client_that_never_sends_connect_is_closed() {
+    let upstream = Mosquitto::start();
+    let (proxy, _config) = proxy(&[&upstream], "connect_timeout = 1");
+    let stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut silent = RawClient::from_stream(stream, ProtocolVersion::V5);
+    let started = Instant::now();
+    assert_eq!(silent.next_packet(), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the proxy, not the read timeout"
+    );
+}

@@ -54,6 +54,8 @@ struct Pair {
     writing: [Cell<bool>; 2],
     /// A writer wrote to the side: a reader held back for it may go on.
     drained: [Notify; 2],
+    /// The client's CONNECT was accepted.
+    connected: Cell<bool>,
     /// The pipe closed: write what is queued, then shut both streams.
     closing: Cell<bool>,
     finished: Cell<bool>,
@@ -134,22 +136,12 @@ impl Worker {
             upstream_address: RefCell::new(None),
             writing: [Cell::new(false), Cell::new(false)],
             drained: [Notify::new(), Notify::new()],
+            connected: Cell::new(false),
             closing: Cell::new(false),
             finished: Cell::new(false),
         });
         self.pairs.borrow_mut().insert(id, pair.clone());
-        tokio_uring::spawn(self.clone().connect_deadline(pair.clone()));
         tokio_uring::spawn(self.read(pair, Side::Client));
-    }
-
-    /// Closes a client that has not sent its CONNECT in time.
-    async fn connect_deadline(self: Rc<Self>, pair: Rc<Pair>) {
-        tokio::time::sleep(self.shared.connect_timeout).await;
-        if pair.upstream_address.borrow().is_none() && !pair.closing.get() {
-            debug!(pair = pair.id, "no CONNECT in time");
-            pair.closing.set(true);
-            self.after(&pair);
-        }
     }
 
     async fn read(self: Rc<Self>, pair: Rc<Pair>, side: Side) {
@@ -158,6 +150,7 @@ impl Worker {
         };
         let mut pending = BytesMut::new();
         let mut capacity = MIN_READ;
+        let connect_deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
         loop {
             if pair.closing.get() {
                 return;
@@ -166,7 +159,21 @@ impl Worker {
                 pair.drained[other(side) as usize].notified().await;
                 continue;
             }
-            let (result, filled) = stream.read(Vec::with_capacity(capacity)).await;
+            let read = stream.read(Vec::with_capacity(capacity));
+            // Until its CONNECT has been read a client has `connect_timeout`; then the
+            // upstream's keep-alive watches it.
+            let (result, filled) = if side == Side::Client && !pair.connected.get() {
+                match tokio::time::timeout_at(connect_deadline, read).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        debug!(pair = pair.id, "no CONNECT in time");
+                        pair.closing.set(true);
+                        return self.after(&pair);
+                    }
+                }
+            } else {
+                read.await
+            };
             let n = match result {
                 Ok(n) if n > 0 => n,
                 _ => return self.side_ended(&pair, side),
@@ -221,6 +228,7 @@ impl Worker {
             match event {
                 None => break,
                 Some(PipeEvent::OpenUpstream { client_id }) => {
+                    pair.connected.set(true);
                     tokio_uring::spawn(self.clone().connect(pair.clone(), client_id));
                 }
                 Some(PipeEvent::Trace {
