@@ -14,12 +14,14 @@ use petrel_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, S
 
 use crate::message::Message;
 use crate::server::{
-    Accept, CloseInfo, ConnectRequest, Delivery, DeliveryOutcome, OutboundState, ServerConfig,
-    ServerConnection, ServerEvent, Session, SubscribeRequest, UnsubscribeRequest, Will,
+    Accept, CloseInfo, CloseInitiator, ConnectRequest, Delivery, DeliveryOutcome, OutboundState,
+    ServerConfig, ServerConnection, ServerEvent, Session, SubscribeRequest, UnsubscribeRequest,
+    Will,
 };
 use crate::time::{Duration, Instant};
 
 use super::hooks::{AuthDecision, ClientInfo, Hooks, Verdict};
+use super::limits::{ClientLimits, TokenBucket};
 use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
 use super::storage::{Durability, SessionRecord, Storage, StoredState, StoredSubscription};
@@ -77,6 +79,8 @@ pub struct BrokerConfig {
     pub assigned_id_prefix: String,
     /// The most retained messages kept; past it new retained topics are not stored.
     pub max_retained: usize,
+    /// Publish rate and topic size limits per client.
+    pub limits: ClientLimits,
 }
 
 impl Default for BrokerConfig {
@@ -89,6 +93,7 @@ impl Default for BrokerConfig {
             report_no_subscribers: true,
             assigned_id_prefix: String::from("petrel-"),
             max_retained: 1_000_000,
+            limits: ClientLimits::default(),
         }
     }
 }
@@ -110,6 +115,15 @@ pub struct BrokerStats {
     pub wills_published: u64,
     /// Sessions that expired.
     pub sessions_expired: u64,
+    /// Connections closed with 0x96 for publishing faster than
+    /// [`ClientLimits::publish_rate`].
+    pub publish_rate_exceeded: u64,
+    /// Topic names and filters refused for exceeding the topic level or length limits.
+    pub topic_too_large: u64,
+    /// Connections closed for sending a packet over the maximum packet size (0x95).
+    pub packet_too_large: u64,
+    /// Connections closed for exceeding the receive maximum (0x93).
+    pub receive_maximum_exceeded: u64,
 }
 
 type SessionKey = u32;
@@ -156,6 +170,10 @@ struct ConnState {
     barrier: u32,
     in_ready: bool,
     closed: bool,
+    /// Tokens for the client's PUBLISH packets, when a rate is configured.
+    publish_bucket: Option<TokenBucket>,
+    /// The client went over its publish rate: the connection is closing.
+    rate_exceeded: bool,
 }
 
 struct ConnSlot {
@@ -339,6 +357,12 @@ impl Broker {
             barrier: 0,
             in_ready: false,
             closed: false,
+            publish_bucket: self
+                .config
+                .limits
+                .publish_rate
+                .map(|rate| TokenBucket::new(rate, now)),
+            rate_exceeded: false,
         });
         let id = match self.free_conns.pop() {
             Some(index) => {
@@ -1006,9 +1030,31 @@ impl Broker {
         packet_id: Option<PacketId>,
         mut message: Message,
     ) {
-        let Some(publisher) = self.conn(id).map(|state| state.session) else {
+        let Some(state) = self.conn_mut(id) else {
             return;
         };
+        let publisher = state.session;
+        if let Some(bucket) = state.publish_bucket.as_mut() {
+            if state.rate_exceeded {
+                // Publications read in the same input as the one over the rate.
+                return;
+            }
+            if !bucket.take(now) {
+                // 0x96 may only travel in DISCONNECT; a 3.1.1 client is just closed.
+                state.rate_exceeded = true;
+                state.conn.close(now, ReasonCode::MessageRateTooHigh);
+                self.stats.publish_rate_exceeded += 1;
+                return;
+            }
+        }
+        if !self.config.limits.topic_fits(&message.topic) {
+            self.stats.topic_too_large += 1;
+            if let Some(packet_id) = packet_id {
+                self.held_acks
+                    .push((id, packet_id, ReasonCode::TopicNameInvalid));
+            }
+            return;
+        }
         let Some(verdict) = self.hook(id, |hooks, info| {
             hooks.authorize_publish(info, &mut message)
         }) else {
@@ -1301,6 +1347,11 @@ impl Broker {
                 codes.push(refusal);
                 continue;
             }
+            if !self.config.limits.topic_fits(&filter_request.filter) {
+                self.stats.topic_too_large += 1;
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let mut filter = filter_request.filter;
             let mut options = filter_request.options;
             let Some(verdict) = self.hook(id, |hooks, info| {
@@ -1410,6 +1461,15 @@ impl Broker {
     }
 
     fn on_closed(&mut self, now: Instant, id: ConnectionId, info: &CloseInfo) {
+        if self.conn(id).is_some_and(|state| !state.closed)
+            && info.initiator == CloseInitiator::Server
+        {
+            match info.reason {
+                ReasonCode::PacketTooLarge => self.stats.packet_too_large += 1,
+                ReasonCode::ReceiveMaximumExceeded => self.stats.receive_maximum_exceeded += 1,
+                _ => {}
+            }
+        }
         let Some(state) = self.conn_mut(id) else {
             return;
         };

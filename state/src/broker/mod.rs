@@ -28,6 +28,7 @@
 
 mod core;
 mod hooks;
+pub mod limits;
 pub mod retained_tree;
 mod shard;
 mod storage;
