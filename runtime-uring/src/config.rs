@@ -65,6 +65,22 @@ pub struct Limits {
     pub connect_timeout: u64,
     /// Most retained messages kept.
     pub max_retained: usize,
+    /// Open connections in all (0: no limit).
+    pub max_connections: usize,
+    /// Open connections from one remote address (0: no limit).
+    pub max_connections_per_address: usize,
+    /// New connections per second from one remote address (0: no limit).
+    pub connection_rate_per_address: u32,
+    /// New connections one address may open at once (0: the rate).
+    pub connection_burst_per_address: u32,
+    /// PUBLISH packets per second per client (0: no limit); past it, DISCONNECT 0x96.
+    pub publish_rate: u32,
+    /// PUBLISH packets a client may send at once (0: the rate).
+    pub publish_burst: u32,
+    /// Most levels in a topic name or filter (0: no limit).
+    pub max_topic_levels: usize,
+    /// Most bytes in a topic name or filter (0: no limit).
+    pub max_topic_length: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +99,14 @@ impl Default for Limits {
             maximum_qos: server.maximum_qos as u8,
             connect_timeout: server.connect_timeout.as_secs(),
             max_retained: 1_000_000,
+            max_connections: 0,
+            max_connections_per_address: 0,
+            connection_rate_per_address: 0,
+            connection_burst_per_address: 0,
+            publish_rate: 0,
+            publish_burst: 0,
+            max_topic_levels: 0,
+            max_topic_length: 0,
         }
     }
 }

@@ -32,6 +32,7 @@
 mod auth;
 pub mod config;
 mod hooks;
+mod limits;
 pub mod passwd;
 pub mod proxy;
 mod shared;
@@ -115,6 +116,7 @@ impl Server {
         } else {
             None
         };
+        let shared_limits = limits::Limits::new(&self.config.limits);
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,
@@ -126,6 +128,7 @@ impl Server {
             tap_count: AtomicUsize::new(0),
             hooks_factory: self.hooks,
             access,
+            limits: shared_limits,
         });
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {

@@ -20,6 +20,7 @@ pub(crate) enum WorkerMessage {
     /// A connection whose session this worker owns, with the bytes read so far.
     Connection {
         fd: OwnedFd,
+        ticket: Option<crate::limits::Ticket>,
         received: Vec<u8>,
         remote: String,
         unix: bool,
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     pub(crate) tap_count: AtomicUsize,
     pub(crate) hooks_factory: Option<crate::HooksFactory>,
     pub(crate) access: Arc<crate::auth::Access>,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 impl Shared {

@@ -20,6 +20,7 @@ impl SysReporter {
     /// Writes this shard's figures where worker 0 sums them.
     pub(crate) fn record(&mut self, broker: &Broker) {
         let stats = broker.stats();
+        self.shared.limits.record_shard(self.index, &stats);
         let figures = ShardFigures {
             sessions: broker.session_count() as u64,
             subscriptions: broker.subscription_count() as u64,
@@ -94,6 +95,7 @@ impl SysReporter {
         entries
             .into_iter()
             .chain(self.shared.access.sys_entries())
+            .chain(self.shared.limits.sys_entries())
             .map(|(topic, value)| {
                 let mut message = Message::new(topic, value.into_bytes());
                 message.retain = true;

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::hooks::RuntimeHooks;
+use crate::limits::Ticket;
 use crate::shared::{Shared, WorkerMessage, WorkerStats};
 use crate::sys::SysReporter;
 use crate::transport::Stream;
@@ -62,6 +63,7 @@ impl Worker {
             shard_index: index as u16,
             shard_count: shared.workers() as u16,
             max_retained: shared.config.limits.max_retained,
+            limits: crate::limits::client_limits(&shared.config.limits),
             ..BrokerConfig::default()
         };
         let hooks = RuntimeHooks::new(shared.clone(), index);
@@ -113,6 +115,10 @@ impl Worker {
                     if self.shutting_down.get() {
                         return;
                     }
+                    // Refused before a byte is read: dropping the stream closes it.
+                    let Some(ticket) = Ticket::admit(&self.shared, Some(remote)) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let remote = remote.to_string();
                     tokio_uring::spawn(self.clone().connection(
@@ -120,6 +126,7 @@ impl Worker {
                         Vec::new(),
                         remote,
                         false,
+                        Some(ticket),
                     ));
                 }
                 Err(e) => {
@@ -156,11 +163,15 @@ impl Worker {
                     if self.shutting_down.get() {
                         return;
                     }
+                    let Some(ticket) = Ticket::admit(&self.shared, None) else {
+                        continue;
+                    };
                     tokio_uring::spawn(self.clone().connection(
                         Stream::Unix(stream),
                         Vec::new(),
                         String::from("unix"),
                         false,
+                        Some(ticket),
                     ));
                 }
                 Err(e) => {
@@ -179,6 +190,7 @@ impl Worker {
         mut received: Vec<u8>,
         remote: String,
         settled: bool,
+        ticket: Option<Ticket>,
     ) {
         if !settled && self.shared.workers() > 1 {
             // The shard's connect timeout does not run before the shard sees the
@@ -202,6 +214,7 @@ impl Worker {
                                 owner,
                                 WorkerMessage::Connection {
                                     fd,
+                                    ticket,
                                     received: bytes,
                                     remote,
                                     unix,
@@ -222,6 +235,8 @@ impl Worker {
             }
         }
         self.serve(stream, received, remote).await;
+        // The connection is over: its place in the admission counts is free again.
+        drop(ticket);
     }
 
     async fn serve(self: Rc<Self>, stream: Stream, received: Vec<u8>, remote: String) {
@@ -431,12 +446,16 @@ impl Worker {
                 }
                 WorkerMessage::Connection {
                     fd,
+                    ticket,
                     received,
                     remote,
                     unix,
                 } => {
                     let stream = Stream::from_fd(fd, unix);
-                    tokio_uring::spawn(self.clone().connection(stream, received, remote, true));
+                    tokio_uring::spawn(
+                        self.clone()
+                            .connection(stream, received, remote, true, ticket),
+                    );
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
                 WorkerMessage::Shutdown => {

@@ -5,16 +5,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::raw::Raw;
 use common::{Broker, Sub};
-use petrel_codec::{
-    Connect, Decoded, Decoder, List, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
-};
+use petrel_codec::{Packet, ProtocolVersion, ReasonCode};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("petrel-test-{name}-{}", std::process::id()));
@@ -59,111 +56,6 @@ fn start(dir: &Path, auth: &str) -> Broker {
     )
     .unwrap();
     Broker::start_with(&["--workers", "2", "--config", config.to_str().unwrap()])
-}
-
-/// A client speaking raw MQTT, to see exact reason codes.
-struct Raw {
-    stream: std::net::TcpStream,
-    version: ProtocolVersion,
-    inbox: Vec<u8>,
-}
-
-impl Raw {
-    /// Connects and returns the CONNACK's reason (3.1.1 return codes mapped to reasons).
-    fn connect(
-        broker: &Broker,
-        version: ProtocolVersion,
-        client_id: &str,
-        user: Option<&str>,
-        password: Option<&str>,
-    ) -> (Raw, ReasonCode) {
-        let stream = std::net::TcpStream::connect(broker.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut raw = Raw {
-            stream,
-            version,
-            inbox: Vec::new(),
-        };
-        raw.send(&Packet::Connect(Connect {
-            protocol_version: version,
-            clean_start: true,
-            keep_alive: 0,
-            properties: Properties::default(),
-            client_id,
-            will: None,
-            username: user,
-            password: password.map(str::as_bytes),
-        }));
-        let reason = raw
-            .next(|p| match p {
-                Packet::ConnAck(c) => Some(c.reason_code),
-                _ => None,
-            })
-            .flatten()
-            .expect("CONNACK");
-        (raw, reason)
-    }
-
-    fn send(&mut self, packet: &Packet<'_>) {
-        let mut buf = vec![0; packet.encoded_len(self.version).unwrap()];
-        packet.encode(self.version, &mut buf).unwrap();
-        self.stream.write_all(&buf).unwrap();
-    }
-
-    /// Reads the next packet and gives it to `f`; `None` at EOF.
-    fn next<R>(&mut self, f: impl FnOnce(&Packet<'_>) -> R) -> Option<R> {
-        let decoder = Decoder::new(self.version);
-        loop {
-            if let Ok(Decoded::Packet { packet, len }) = decoder.decode(&self.inbox) {
-                let result = f(&packet);
-                self.inbox.drain(..len);
-                return Some(result);
-            }
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-
-    fn subscribe(&mut self, filter: &str) -> ReasonCode {
-        let filters = [SubscribeFilter {
-            filter,
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }];
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Properties::default(),
-            filters: List::new(&filters),
-        }));
-        self.next(|p| match p {
-            Packet::SubAck(s) => s.reason_codes.iter().next(),
-            _ => None,
-        })
-        .flatten()
-        .expect("SUBACK")
-    }
-
-    fn publish_qos1(&mut self, topic: &str, id: u16) -> ReasonCode {
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic,
-            packet_id: PacketId::new(id),
-            properties: Properties::default(),
-            payload: b"x",
-        }));
-        self.next(|p| match p {
-            Packet::PubAck(a) => Some(a.reason_code),
-            _ => None,
-        })
-        .flatten()
-        .expect("PUBACK")
-    }
 }
 
 #[test]

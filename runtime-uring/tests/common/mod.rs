@@ -5,6 +5,8 @@
 // test files", which the crate-level lint cannot see.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
