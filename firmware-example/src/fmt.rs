@@ -8,7 +8,9 @@ macro_rules! info {
 
 #[cfg(not(feature = "defmt"))]
 macro_rules! info {
-    ($($arg:tt)*) => {{}};
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
+        $(let _ = &$arg;)*
+    }};
 }
 
 #[cfg(feature = "defmt")]
@@ -18,5 +20,7 @@ macro_rules! warn {
 
 #[cfg(not(feature = "defmt"))]
 macro_rules! warn {
-    ($($arg:tt)*) => {{}};
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
+        $(let _ = &$arg;)*
+    }};
 }

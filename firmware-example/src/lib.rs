@@ -10,7 +10,8 @@
 //!   client takes;
 //! - [`link`]: pumps bytes between a byte stream and a [`petrel_state::client::Client`];
 //! - [`exit`]: ends the QEMU run with a status code (semihosting);
-//! - [`demo`]: the scenario both demo binaries run.
+//! - [`demo`]: the scenario both demo binaries run;
+//! - [`stack`]: peak stack use by stack painting (for the footprint comparison).
 #![no_std]
 
 #[macro_use]
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod demo;
 pub mod exit;
 pub mod link;
+pub mod stack;
 pub mod uart;
 
 #[cfg(feature = "defmt")]
