@@ -194,12 +194,18 @@ impl Pipe {
     }
 
     /// The proxy ends the pair on its own (its upstream was declared down or removed, or
-    /// it shuts down): the client gets DISCONNECT `reason` (5.0).
+    /// it shuts down): the client gets DISCONNECT `reason` (5.0), or CONNACK "server
+    /// unavailable" if its CONNACK has not come yet.
     pub fn shut(&mut self, reason: ReasonCode) {
-        if self.state != State::Closed {
-            self.disconnect_client(reason);
-            self.close(Side::Upstream, reason);
+        match self.state {
+            State::Closed => return,
+            State::AwaitingConnAck => self.send_client_packet(Packet::ConnAck(ConnAck {
+                reason_code: ReasonCode::ServerUnavailable,
+                ..ConnAck::default()
+            })),
+            State::AwaitingConnect | State::Open => self.disconnect_client(reason),
         }
+        self.close(Side::Upstream, reason);
     }
 
     /// The next frame to write to `side`.

@@ -596,6 +596,18 @@ fn the_upstream_going_away_is_told_to_the_client() {
         assert_eq!(c.reason_code, ReasonCode::ServerUnavailable);
     });
 
+    let mut h = Harness::new(AllowAll, &[]);
+    h.client(Packet::Connect(connect(V311, "dev", None)));
+    h.drain(Side::Upstream);
+    h.version = V311;
+    h.pipe.shut(ReasonCode::AdministrativeAction);
+    h.one(Side::Client, |p| {
+        let Packet::ConnAck(c) = p else {
+            panic!("{p:?}")
+        };
+        assert!(c.reason_code.is_error(), "{c:?}");
+    });
+
     let mut h = Harness::connected(AllowAll, V5, None);
     h.pipe.shut(ReasonCode::ServerShuttingDown);
     h.one(Side::Client, |p| {
