@@ -325,6 +325,40 @@ mod tests {
         assert_eq!(b.choose("x"), Some(A));
     }
 
+    proptest::proptest! {
+        /// Whatever upstreams die, a client lands on a live one, and a client whose
+        /// upstream lives stays where it was.
+        #[test]
+        fn only_the_clients_of_dead_upstreams_move(
+            count in 1usize..6,
+            dead in proptest::collection::vec(proptest::bool::ANY, 6),
+            clients in proptest::collection::vec("[a-z0-9]{0,12}", 1..50),
+        ) {
+            let addresses: Vec<String> =
+                (0..count).map(|i| format!("10.0.0.{i}:1883")).collect();
+            let mut b = Balancer::new(HealthConfig::default());
+            b.set_upstreams(Instant::ZERO, &addresses);
+            let before: Vec<String> =
+                clients.iter().map(|c| String::from(b.choose(c).unwrap())).collect();
+            for (address, &dies) in addresses.iter().zip(&dead) {
+                if dies {
+                    b.connect_failed(Instant::ZERO, address);
+                }
+            }
+            for (client, old) in clients.iter().zip(&before) {
+                match b.choose(client) {
+                    Some(new) => {
+                        proptest::prop_assert!(b.is_up(new));
+                        if b.is_up(old) {
+                            proptest::prop_assert_eq!(new, old.as_str());
+                        }
+                    }
+                    None => proptest::prop_assert!(addresses.iter().all(|a| !b.is_up(a))),
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_late_probe_of_a_removed_upstream_is_ignored() {
         let mut b = balancer(&[A]);
