@@ -148,7 +148,6 @@ impl Worker {
         let Some(stream) = pair.stream(side) else {
             return;
         };
-        let mut pending = BytesMut::new();
         let mut capacity = MIN_READ;
         let connect_deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
         loop {
@@ -179,23 +178,17 @@ impl Worker {
                 _ => return self.side_ended(&pair, side),
             };
             // The read buffer becomes the frames' storage: complete packets are split off
-            // it and forwarded as they are. Only a packet cut by the end of a read is
-            // copied, to be completed by the next one.
+            // it and forwarded as they are.
             let chunk = Bytes::from(filled)
                 .try_into_mut()
                 .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            if pending.is_empty() {
-                pending = chunk;
-            } else {
-                pending.extend_from_slice(&chunk);
-            }
             {
                 let now = self.shared.now();
                 let mut hooks = self.hooks.borrow_mut();
                 let mut pipe = pair.pipe.borrow_mut();
                 match side {
-                    Side::Client => pipe.handle_client(now, &mut pending, &mut **hooks),
-                    Side::Upstream => pipe.handle_upstream(now, &mut pending, &mut **hooks),
+                    Side::Client => pipe.handle_client(now, chunk, &mut **hooks),
+                    Side::Upstream => pipe.handle_upstream(now, chunk, &mut **hooks),
                 }
             }
             self.after(&pair);

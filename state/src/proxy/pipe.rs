@@ -109,6 +109,8 @@ pub struct Pipe {
     /// Bytes in `to_client` and `to_upstream`: the runtime stops reading a side while the
     /// other one cannot take more.
     queued: [usize; 2],
+    /// The start of a packet cut by the end of a read, per side.
+    pending: [BytesMut; 2],
     events: VecDeque<PipeEvent>,
     /// QoS 2 PUBLISHes from the client that a hook refused: their PUBREL is answered here.
     refused_from_client: Vec<PacketId>,
@@ -135,6 +137,7 @@ impl Pipe {
             to_client: VecDeque::new(),
             to_upstream: VecDeque::new(),
             queued: [0; 2],
+            pending: [BytesMut::new(), BytesMut::new()],
             events: VecDeque::new(),
             refused_from_client: Vec::new(),
             refused_from_upstream: Vec::new(),
@@ -162,15 +165,17 @@ impl Pipe {
         self.state == State::Closed
     }
 
-    /// Bytes read from the client. Every complete packet is split off the front of `buf`
-    /// (without copying) and handled; an incomplete one stays for the next read.
-    pub fn handle_client(&mut self, now: Instant, buf: &mut BytesMut, hooks: &mut dyn Hooks) {
-        self.handle(now, Side::Client, buf, hooks);
+    /// Bytes read from the client. Every complete packet is split off `data` (without
+    /// copying: the frames share its storage) and handled; the bytes of a packet cut by
+    /// the end of the read are kept, and only its missing bytes are copied from the next
+    /// read.
+    pub fn handle_client(&mut self, now: Instant, data: BytesMut, hooks: &mut dyn Hooks) {
+        self.handle(now, Side::Client, data, hooks);
     }
 
     /// Bytes read from the upstream, as [`handle_client`](Self::handle_client).
-    pub fn handle_upstream(&mut self, now: Instant, buf: &mut BytesMut, hooks: &mut dyn Hooks) {
-        self.handle(now, Side::Upstream, buf, hooks);
+    pub fn handle_upstream(&mut self, now: Instant, data: BytesMut, hooks: &mut dyn Hooks) {
+        self.handle(now, Side::Upstream, data, hooks);
     }
 
     /// The upstream could not be reached or its connection ended: the pair closes. A 5.0
@@ -244,7 +249,37 @@ impl Pipe {
         }
     }
 
-    fn handle(&mut self, now: Instant, from: Side, buf: &mut BytesMut, hooks: &mut dyn Hooks) {
+    fn handle(&mut self, now: Instant, from: Side, mut data: BytesMut, hooks: &mut dyn Hooks) {
+        let mut pending = core::mem::take(&mut self.pending[from as usize]);
+        // First the packet the last read cut: copy just the bytes it misses (its fixed
+        // header first, a byte at a time), so the rest of `data` stays uncopied.
+        while !pending.is_empty() && !data.is_empty() && self.state != State::Closed {
+            let missing = match self.decoder().header(&pending) {
+                Ok(Some(header)) => header.packet_len().saturating_sub(pending.len()),
+                Ok(None) => 1,
+                Err(_) => 0,
+            };
+            let take = missing.min(data.len());
+            pending.extend_from_slice(&data.split_to(take));
+            self.handle_frames(now, from, &mut pending, hooks);
+            if missing == 0 {
+                break;
+            }
+        }
+        if pending.is_empty() {
+            self.handle_frames(now, from, &mut data, hooks);
+            pending = data;
+        }
+        self.pending[from as usize] = pending;
+    }
+
+    fn handle_frames(
+        &mut self,
+        now: Instant,
+        from: Side,
+        buf: &mut BytesMut,
+        hooks: &mut dyn Hooks,
+    ) {
         while self.state != State::Closed {
             let decoder = self.decoder();
             // The fixed header says where the packet ends: it is split off first, so the

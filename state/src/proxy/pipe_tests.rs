@@ -94,17 +94,13 @@ impl Harness {
     }
 
     fn client(&mut self, packet: Packet<'_>) {
-        let mut buf = bytes(packet, self.version);
-        self.pipe
-            .handle_client(self.now, &mut buf, &mut *self.hooks);
-        assert!(buf.is_empty());
+        let buf = bytes(packet, self.version);
+        self.pipe.handle_client(self.now, buf, &mut *self.hooks);
     }
 
     fn upstream(&mut self, packet: Packet<'_>) {
-        let mut buf = bytes(packet, self.version);
-        self.pipe
-            .handle_upstream(self.now, &mut buf, &mut *self.hooks);
-        assert!(buf.is_empty());
+        let buf = bytes(packet, self.version);
+        self.pipe.handle_upstream(self.now, buf, &mut *self.hooks);
     }
 
     fn drain(&mut self, side: Side) -> Vec<Bytes> {
@@ -180,18 +176,39 @@ fn unchanged_packets_are_the_original_frames_uncopied() {
     let original = buf.clone();
     buf.unsplit(core::mem::take(&mut second));
     let start = buf.as_ptr();
-    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    h.pipe.handle_client(h.now, buf, &mut *h.hooks);
     let frames = h.drain(Side::Upstream);
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0], original);
     assert_eq!(frames[0].as_ptr(), start, "forwarded without a copy");
 
     let down = bytes(Packet::Publish(publish("x", QoS::ExactlyOnce, 9, b"p")), V5);
-    let mut buf = down.clone();
+    let buf = down.clone();
     let start = buf.as_ptr();
-    h.pipe.handle_upstream(h.now, &mut buf, &mut *h.hooks);
+    h.pipe.handle_upstream(h.now, buf, &mut *h.hooks);
     let frames = h.drain(Side::Client);
     assert_eq!((&frames[0][..], frames[0].as_ptr()), (&down[..], start));
+
+    // A read that ends inside a packet: only that packet's missing bytes are copied, and
+    // the packets after it in the next read are still not.
+    let first = bytes(
+        Packet::Publish(publish("a", QoS::AtMostOnce, 0, &[1; 300])),
+        V5,
+    );
+    let second = bytes(
+        Packet::Publish(publish("b", QoS::AtMostOnce, 0, &[2; 300])),
+        V5,
+    );
+    let mut next = BytesMut::from(&first[100..]);
+    next.extend_from_slice(&second);
+    let second_start = next[first.len() - 100..].as_ptr();
+    h.pipe
+        .handle_client(h.now, BytesMut::from(&first[..100]), &mut *h.hooks);
+    assert!(h.drain(Side::Upstream).is_empty());
+    h.pipe.handle_client(h.now, next, &mut *h.hooks);
+    let frames = h.drain(Side::Upstream);
+    assert_eq!((&frames[0][..], &frames[1][..]), (&first[..], &second[..]));
+    assert_eq!(frames[1].as_ptr(), second_start);
 }
 
 #[test]
@@ -506,8 +523,8 @@ fn a_refused_upstream_connack_closes_the_pair() {
 fn bad_client_input_closes_with_its_reason_code() {
     let mut h = Harness::connected(AllowAll, V5, None);
     // PUBLISH with QoS 1 and no packet identifier room: a malformed body.
-    let mut buf = BytesMut::from(&[0x32, 0x01, 0x00][..]);
-    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    let buf = BytesMut::from(&[0x32, 0x01, 0x00][..]);
+    h.pipe.handle_client(h.now, buf, &mut *h.hooks);
     h.one(Side::Client, |p| {
         let Packet::Disconnect(d) = p else {
             panic!("{p:?}")
@@ -526,8 +543,8 @@ fn bad_client_input_closes_with_its_reason_code() {
         }]
     );
     // Nothing more is read once closed.
-    let mut buf = bytes(Packet::PingReq, V5);
-    h.pipe.handle_client(h.now, &mut buf, &mut *h.hooks);
+    let buf = bytes(Packet::PingReq, V5);
+    h.pipe.handle_client(h.now, buf, &mut *h.hooks);
     assert!(h.drain(Side::Upstream).is_empty());
 }
 
@@ -661,13 +678,11 @@ proptest! {
         stream.unsplit(bytes(Packet::PingReq, V5));
         stream.unsplit(bytes(Packet::Publish(publish("c", QoS::ExactlyOnce, 2, &[7; 100])), V5));
         let mut whole = Harness::new(tenant(), &[]);
-        let mut all = stream.clone();
-        whole.pipe.handle_client(Instant::ZERO, &mut all, &mut *whole.hooks);
+        whole.pipe.handle_client(Instant::ZERO, stream.clone(), &mut *whole.hooks);
         let expected = whole.drain(Side::Upstream);
         prop_assert_eq!(expected.len(), 4);
 
         let mut cut = Harness::new(tenant(), &[]);
-        let mut buf = BytesMut::new();
         let mut rest = stream;
         let mut cuts = cuts;
         cuts.sort_unstable();
@@ -676,12 +691,10 @@ proptest! {
         for c in cuts.into_iter().chain([total]) {
             let c = c.min(total);
             if c > at {
-                buf.unsplit(rest.split_to(c - at));
+                cut.pipe.handle_client(Instant::ZERO, rest.split_to(c - at), &mut *cut.hooks);
                 at = c;
             }
-            cut.pipe.handle_client(Instant::ZERO, &mut buf, &mut *cut.hooks);
         }
-        prop_assert!(buf.is_empty());
         prop_assert_eq!(cut.drain(Side::Upstream), expected);
     }
 
@@ -690,10 +703,10 @@ proptest! {
     fn garbage_never_panics(client in proptest::collection::vec(any::<u8>(), 0..300),
                             upstream in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut h = Harness::connected(tenant(), V5, Some("alice"));
-        let mut c = BytesMut::from(&client[..]);
-        let mut u = BytesMut::from(&upstream[..]);
-        h.pipe.handle_client(h.now, &mut c, &mut *h.hooks);
-        h.pipe.handle_upstream(h.now, &mut u, &mut *h.hooks);
+        let c = BytesMut::from(&client[..]);
+        let u = BytesMut::from(&upstream[..]);
+        h.pipe.handle_client(h.now, c, &mut *h.hooks);
+        h.pipe.handle_upstream(h.now, u, &mut *h.hooks);
         h.drain(Side::Client);
         h.drain(Side::Upstream);
         h.events();
