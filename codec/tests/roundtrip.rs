@@ -332,6 +332,36 @@ proptest! {
         check_stream(&a, &b, V311)?;
     }
 
+    /// A client's decoder reads every packet a server sends exactly as the full decoder does,
+    /// and refuses the packets only clients send from their fixed header.
+    #[test]
+    fn decode_from_server_agrees_with_decode(packet in any_packet(V5), v311 in any::<bool>()) {
+        let version = if v311 { V311 } else { V5 };
+        packet.with(|p| {
+            if v311 && p.packet_type() == PacketType::Auth {
+                return Ok(());
+            }
+            let bytes = encode(&p, version)?;
+            let decoder = Decoder::new(version);
+            let client_only = matches!(
+                p.packet_type(),
+                PacketType::Connect
+                    | PacketType::Subscribe
+                    | PacketType::Unsubscribe
+                    | PacketType::PingReq
+            );
+            for cut in [bytes.len(), bytes.len() - 1] {
+                let expected = if client_only && cut >= 2 {
+                    Err(DecodeError::InvalidPacketType(p.packet_type() as u8))
+                } else {
+                    decoder.decode(&bytes[..cut])
+                };
+                prop_assert_eq!(decoder.decode_from_server(&bytes[..cut]), expected);
+            }
+            Ok(())
+        })?;
+    }
+
     /// A 5.0 packet sent to a 3.1.1 peer is written exactly as its 3.1.1 projection, and a
     /// 3.1.1 decoder reads that projection back.
     #[test]
