@@ -22,6 +22,7 @@
 use std::hint::black_box;
 
 pub mod load;
+pub mod routing;
 
 use bytes::BytesMut;
 use petrel_codec::{
