@@ -1118,3 +1118,96 @@ fn two_shards_route_between_each_other() {
     assert_eq!(got[0].payload, b"across");
     assert_eq!(nets[1].broker.retained_count(), 1, "retained replicated");
 }
+
+/// The certificate subject and the user name a hook saw.
+type Seen = (Option<String>, Option<String>);
+
+/// Records what `on_connect` and `on_connected` were told about the client.
+struct IdentityHooks {
+    seen: Rc<RefCell<Vec<Seen>>>,
+}
+
+impl Hooks for IdentityHooks {
+    fn on_connect(
+        &mut self,
+        client: &ClientInfo<'_>,
+        request: &petrel_state::server::ConnectRequest,
+    ) -> petrel_state::broker::AuthDecision {
+        self.seen
+            .borrow_mut()
+            .push((client.identity.map(String::from), request.username.clone()));
+        petrel_state::broker::AuthDecision::Accept(None)
+    }
+
+    fn on_connected(&mut self, client: &ClientInfo<'_>, _session_present: bool) {
+        self.seen.borrow_mut().push((
+            client.identity.map(String::from),
+            client.username.map(String::from),
+        ));
+    }
+}
+
+#[test]
+fn a_certificate_identity_reaches_hooks_and_can_replace_the_user_name() {
+    use petrel_state::broker::PeerIdentity;
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let hooks = IdentityHooks { seen: seen.clone() };
+    let mut net = Net::with(
+        BrokerConfig::default(),
+        Box::new(hooks),
+        Box::new(NoStorage),
+    );
+    let connect_as = |net: &mut Net, identity: Option<PeerIdentity>| {
+        let id = net
+            .broker
+            .open_with_identity(net.now, Some("127.0.0.1:5000"), identity);
+        let peer = Peer {
+            id,
+            version: V5,
+            inbox: BytesMut::new(),
+            next_id: 1,
+        };
+        net.send(
+            &peer,
+            Packet::Connect(Connect {
+                protocol_version: V5,
+                clean_start: true,
+                keep_alive: 0,
+                properties: Properties::default(),
+                client_id: "c",
+                will: None,
+                username: Some("claimed"),
+                password: None,
+            }),
+        );
+    };
+    connect_as(&mut net, None);
+    connect_as(
+        &mut net,
+        Some(PeerIdentity {
+            subject: String::from("CN=alice,O=Petrel"),
+            username: None,
+        }),
+    );
+    connect_as(
+        &mut net,
+        Some(PeerIdentity {
+            subject: String::from("CN=alice,O=Petrel"),
+            username: Some(String::from("alice")),
+        }),
+    );
+    let subject = Some(String::from("CN=alice,O=Petrel"));
+    let claimed = Some(String::from("claimed"));
+    let alice = Some(String::from("alice"));
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            (None, claimed.clone()),
+            (None, claimed.clone()),
+            (subject.clone(), claimed.clone()),
+            (subject.clone(), claimed),
+            (subject.clone(), alice.clone()),
+            (subject, alice),
+        ]
+    );
+}

@@ -20,7 +20,7 @@ use crate::server::{
 };
 use crate::time::{Duration, Instant};
 
-use super::hooks::{AuthDecision, ClientInfo, Hooks, Verdict};
+use super::hooks::{AuthDecision, ClientInfo, Hooks, PeerIdentity, Verdict};
 use super::limits::{ClientLimits, TokenBucket};
 use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
@@ -161,6 +161,7 @@ struct ConnState {
     client_id: String,
     username: Option<String>,
     remote: Option<String>,
+    identity: Option<Box<PeerIdentity>>,
     version: ProtocolVersion,
     will: Option<Box<Will>>,
     /// The CONNECT of an enhanced authentication exchange still under way.
@@ -342,6 +343,18 @@ impl Broker {
     /// A new transport connection, waiting for CONNECT. `remote` is the peer's address as
     /// the transport names it, for hooks and logs.
     pub fn open(&mut self, now: Instant, remote: Option<&str>) -> ConnectionId {
+        self.open_with_identity(now, remote, None)
+    }
+
+    /// A new transport connection whose peer the transport has already identified (a
+    /// verified TLS client certificate), waiting for CONNECT. When the identity carries a
+    /// user name, it replaces the one the CONNECT gives.
+    pub fn open_with_identity(
+        &mut self,
+        now: Instant,
+        remote: Option<&str>,
+        identity: Option<PeerIdentity>,
+    ) -> ConnectionId {
         let conn = ServerConnection::new(self.config.server.clone(), now);
         let deadline = conn.poll_timeout();
         let state = Box::new(ConnState {
@@ -350,6 +363,7 @@ impl Broker {
             client_id: String::new(),
             username: None,
             remote: remote.map(String::from),
+            identity: identity.map(Box::new),
             version: ProtocolVersion::V5,
             will: None,
             pending_connect: None,
@@ -826,13 +840,17 @@ impl Broker {
             username: state.username.as_deref(),
             version: state.version,
             remote: state.remote.as_deref(),
+            identity: state.identity.as_ref().map(|i| i.subject.as_str()),
         }
     }
 
-    fn on_connect(&mut self, now: Instant, id: ConnectionId, request: ConnectRequest) {
+    fn on_connect(&mut self, now: Instant, id: ConnectionId, mut request: ConnectRequest) {
         let Some(state) = self.conn_mut(id) else {
             return;
         };
+        if let Some(name) = state.identity.as_ref().and_then(|i| i.username.as_ref()) {
+            request.username = Some(name.clone());
+        }
         state.client_id.clone_from(&request.client_id);
         state.username.clone_from(&request.username);
         state.version = request.version;

@@ -25,6 +25,23 @@ pub struct ClientInfo<'a> {
     pub version: ProtocolVersion,
     /// The remote address, as the transport reported it (`None` for in-process clients).
     pub remote: Option<&'a str>,
+    /// Who the transport proved the peer to be before MQTT began: the subject of a verified
+    /// TLS client certificate (RFC 4514, `CN=sensor-7,O=Acme`). `None` when the transport
+    /// proved nothing; an authenticator may accept such a client without a password.
+    pub identity: Option<&'a str>,
+}
+
+/// What the transport proved about a peer before its CONNECT: the verified client
+/// certificate of an mTLS connection. Given to [`Broker::open_with_identity`].
+///
+/// [`Broker::open_with_identity`]: super::Broker::open_with_identity
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate subject (RFC 4514), shown to hooks as [`ClientInfo::identity`].
+    pub subject: String,
+    /// When set, the user name of the connection, in place of whatever the CONNECT carries
+    /// (mosquitto's `use_identity_as_username`): hooks and the session see this name.
+    pub username: Option<String>,
 }
 
 /// The answer to a CONNECT or an AUTH step.

@@ -35,7 +35,7 @@ mod storage;
 pub mod trie;
 
 pub use self::core::{Broker, BrokerConfig, BrokerStats, ConnectionId, SharedPolicy};
-pub use hooks::{AllowAll, AuthDecision, ClientInfo, Hooks, Verdict};
+pub use hooks::{AllowAll, AuthDecision, ClientInfo, Hooks, PeerIdentity, Verdict};
 pub use shard::{owner_shard, ShardMessage};
 pub use storage::{
     Durability, MemoryStorage, NoStorage, SessionRecord, Storage, StoredState, StoredSubscription,

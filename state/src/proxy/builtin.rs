@@ -115,6 +115,7 @@ mod tests {
             username,
             version: ProtocolVersion::V5,
             remote: None,
+            identity: None,
         }
     }
 

@@ -368,6 +368,8 @@ impl Pipe {
             username: self.username.as_deref(),
             version: self.version,
             remote: self.remote.as_deref(),
+            // The proxy's listeners are plain TCP: no transport identity yet.
+            identity: None,
         }
     }
 
