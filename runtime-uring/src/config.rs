@@ -11,6 +11,9 @@ use petrel_codec::QoS;
 use petrel_state::server::{QueueLimits, ServerConfig};
 use serde::Deserialize;
 
+mod transport;
+pub use transport::{CertUsername, CertificateConfig, TlsConfig, TlsVersion, WebSocketConfig};
+
 /// Who may connect without a user name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -25,7 +28,7 @@ pub enum Anonymous {
 }
 
 /// One place the broker accepts connections.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// A TCP address (`127.0.0.1:1883`; port 0 picks a free one).
@@ -34,6 +37,12 @@ pub struct ListenerConfig {
     /// A Unix socket path.
     #[serde(default)]
     pub unix: Option<PathBuf>,
+    /// TLS (with `bind` only).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// WebSocket (with `bind` only); with `tls`, secure WebSocket.
+    #[serde(default)]
+    pub websocket: Option<WebSocketConfig>,
 }
 
 /// Limits on what clients may do and hold.
@@ -157,7 +166,7 @@ impl Default for Config {
             anonymous: Anonymous::Loopback,
             listeners: vec![ListenerConfig {
                 bind: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
-                unix: None,
+                ..ListenerConfig::default()
             }],
             limits: Limits::default(),
             sys: SysConfig::default(),
@@ -215,6 +224,16 @@ impl Config {
                     "[[listener]] #{}: give exactly one of `bind` or `unix`",
                     n + 1
                 ));
+            }
+            if listener.unix.is_some() && (listener.tls.is_some() || listener.websocket.is_some()) {
+                return Err(format!(
+                    "[[listener]] #{}: `tls` and `websocket` need `bind`",
+                    n + 1
+                ));
+            }
+            if let Some(tls) = &listener.tls {
+                tls.validate()
+                    .map_err(|e| format!("[[listener]] #{}: {e}", n + 1))?;
             }
         }
         if self.limits.maximum_qos > 2 {
@@ -306,5 +325,42 @@ mod tests {
         );
         let err = Config::parse("[limits]\nmaximum_qos = 3\n").unwrap_err();
         assert!(err.contains("limits.maximum_qos"), "{err}");
+    }
+
+    #[test]
+    fn transport_keys_parse_and_are_checked() {
+        let config = Config::parse(
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+             tls = { certs = [{ cert = \"a.pem\", key = \"a.key\" }], client_ca = \"ca.pem\", \
+             cert_username = \"cn\", min_version = \"1.3\" }\n\
+             websocket = { path = \"/ws\" }\n",
+        )
+        .unwrap();
+        let listener = &config.listeners[0];
+        let tls = listener.tls.as_ref().unwrap();
+        assert!(tls.requires_client_cert());
+        assert_eq!(tls.cert_username, Some(CertUsername::Cn));
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.watch_interval, 5);
+        assert_eq!(listener.websocket.as_ref().unwrap().path, "/ws");
+
+        let err = Config::parse(
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\ntls = { certs = [], crl = \"c.pem\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("#1") && err.contains("tls.certs"), "{err}");
+        let err = Config::parse(
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+             tls = { certs = [{ cert = \"a\", key = \"b\" }], crl = \"c.pem\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("tls.crl"), "{err}");
+        let err = Config::parse("[[listener]]\nunix = \"s\"\nwebsocket = {}\n").unwrap_err();
+        assert!(err.contains("need `bind`"), "{err}");
+        let err = Config::parse(
+            "[[listener]]\nbind = \"127.0.0.1:1\"\ntls = { certs = [], min_version = \"1.1\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("line 3:"), "{err}");
     }
 }

@@ -64,7 +64,8 @@ fn is_local(remote: Option<&str>) -> bool {
 
 impl Hooks for RuntimeHooks {
     fn on_connect(&mut self, client: &ClientInfo<'_>, request: &ConnectRequest) -> AuthDecision {
-        if request.username.is_none() {
+        // A verified client certificate is a name too: such a client is not anonymous.
+        if request.username.is_none() && client.identity.is_none() {
             let allowed = match self.shared.config.anonymous {
                 Anonymous::Allow => true,
                 Anonymous::Deny => false,
@@ -79,8 +80,15 @@ impl Hooks for RuntimeHooks {
                 return AuthDecision::Reject(ReasonCode::NotAuthorized);
             }
         }
-        if let (Some(username), Some(passwords)) =
-            (&request.username, &self.access.current().passwords)
+        // A user name the verified client certificate gives needs no password.
+        let proven = match (client.identity, &request.username) {
+            (Some(subject), Some(username)) => {
+                crate::transport::certs::certificate_names(subject, username)
+            }
+            _ => false,
+        };
+        if let (Some(username), Some(passwords), false) =
+            (&request.username, &self.access.current().passwords, proven)
         {
             let password = request.password.as_deref().unwrap_or_default();
             // An unknown user and a wrong password get the same answer, in the same time.
@@ -175,6 +183,8 @@ impl Hooks for RuntimeHooks {
         info!(
             client_id = client.client_id,
             remote = client.remote.unwrap_or("-"),
+            username = client.username.unwrap_or("-"),
+            certificate = client.identity.unwrap_or("-"),
             version = ?client.version,
             session_present,
             "connected"

@@ -80,19 +80,23 @@ impl Server {
     /// Binds every listener, starts the workers, and returns once they accept connections.
     pub fn start(self) -> io::Result<RunningServer> {
         let workers = self.config.worker_count();
-        let mut per_worker_tcp: Vec<Vec<std::net::TcpListener>> =
+        let mut per_worker_tcp: Vec<Vec<(std::net::TcpListener, transport::Endpoint)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut unix = Vec::new();
         let mut addrs = Vec::new();
+        let mut tls = Vec::new();
         for listener in &self.config.listeners {
             if let Some(bind) = listener.bind {
+                let endpoint = transport::Endpoint::for_listener(listener)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                tls.extend(endpoint.tls.clone());
                 // One socket per worker on the same port (SO_REUSEPORT): the kernel spreads
                 // connections over the workers without an acceptor thread.
                 let mut addr = bind;
                 for sockets in per_worker_tcp.iter_mut() {
                     let socket = reuseport_listener(addr)?;
                     addr = socket.local_addr()?;
-                    sockets.push(socket);
+                    sockets.push((socket, endpoint.clone()));
                 }
                 addrs.push(addr);
             }
@@ -129,7 +133,9 @@ impl Server {
             hooks_factory: self.hooks,
             access,
             limits: shared_limits,
+            tls,
         });
+        transport::certs::watch(Arc::downgrade(&shared));
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
@@ -187,6 +193,23 @@ impl RunningServer {
     /// The TCP addresses it listens on (with the ports chosen for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Reads every TLS listener's certificates, keys, client CAs and CRLs again (what
+    /// SIGHUP does). New connections get the new ones; a listener whose files fail to load
+    /// keeps those it has, and the error says which file and why.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let errors: Vec<String> = self
+            .shared
+            .tls
+            .iter()
+            .filter_map(|acceptor| acceptor.reload().err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Publishes a message from the embedding program, as if a client had.

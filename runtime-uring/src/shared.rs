@@ -1,6 +1,5 @@
 //! What the workers share: the configuration, counters, and each other's inboxes.
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +11,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::Config;
 use crate::hooks::Tap;
+use crate::transport::certs::TlsAcceptor;
+use crate::transport::Handover;
 
 /// A message to a worker.
 pub(crate) enum WorkerMessage {
@@ -19,11 +20,10 @@ pub(crate) enum WorkerMessage {
     Shard(ShardMessage),
     /// A connection whose session this worker owns, with the bytes read so far.
     Connection {
-        fd: OwnedFd,
+        stream: Handover,
         ticket: Option<crate::limits::Ticket>,
         received: Vec<u8>,
         remote: String,
-        unix: bool,
     },
     /// A message from the embedding program.
     Publish(Message),
@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) hooks_factory: Option<crate::HooksFactory>,
     pub(crate) access: Arc<crate::auth::Access>,
     pub(crate) limits: crate::limits::Limits,
+    /// Every TLS listener's certificates, for reloads.
+    pub(crate) tls: Vec<Arc<TlsAcceptor>>,
 }
 
 impl Shared {

@@ -1,16 +1,92 @@
 //! Connection transports: what a worker reads MQTT bytes from and writes them to.
 //!
-//! Every transport is driven through io_uring; a worker sees only [`Stream`].
+//! Every transport is driven through io_uring; a worker sees only [`Stream`]. TLS
+//! ([`tls`], with certificates in [`certs`]) and WebSocket ([`ws`]) live in their own
+//! modules; a listener's [`Endpoint`] says which of them its connections go through.
+
+pub(crate) mod certs;
+pub(crate) mod tls;
+pub(crate) mod ws;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use bytes::BytesMut;
+use petrel_state::broker::PeerIdentity;
+
+use self::certs::TlsAcceptor;
+use self::tls::{TlsState, TlsStream};
+use self::ws::{Carrier, WsState, WsStream};
+use crate::config::ListenerConfig;
 
 /// A connection's transport.
 pub(crate) enum Stream {
     Tcp(tokio_uring::net::TcpStream),
     Unix(tokio_uring::net::UnixStream),
+    Tls(Box<TlsStream>),
+    Ws(Box<WsStream>),
+}
+
+/// What a TCP listener's connections go through before MQTT: TLS, WebSocket, both or
+/// neither.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Endpoint {
+    pub(crate) tls: Option<Arc<TlsAcceptor>>,
+    /// The WebSocket path.
+    pub(crate) websocket: Option<Arc<str>>,
+}
+
+impl Endpoint {
+    /// Loads a listener's certificates; the error names the listener and the file.
+    pub(crate) fn for_listener(listener: &ListenerConfig) -> Result<Endpoint, String> {
+        let tls = match &listener.tls {
+            Some(settings) => Some(Arc::new(TlsAcceptor::new(settings.clone()).map_err(
+                |e| match listener.bind {
+                    Some(bind) => format!("[[listener]] {bind}: {e}"),
+                    None => e,
+                },
+            )?)),
+            None => None,
+        };
+        Ok(Endpoint {
+            tls,
+            websocket: listener
+                .websocket
+                .as_ref()
+                .map(|w| Arc::from(w.path.as_str())),
+        })
+    }
+
+    /// Runs the TLS and WebSocket handshakes the listener asks for on an accepted socket.
+    /// The caller bounds this with a timeout.
+    pub(crate) async fn establish(&self, tcp: tokio_uring::net::TcpStream) -> io::Result<Stream> {
+        let carrier = match &self.tls {
+            Some(acceptor) => Carrier::Tls(Box::new(TlsStream::accept(tcp, acceptor).await?)),
+            None => Carrier::Tcp(tcp),
+        };
+        match (&self.websocket, carrier) {
+            (Some(path), carrier) => {
+                Ok(Stream::Ws(Box::new(WsStream::accept(carrier, path).await?)))
+            }
+            (None, Carrier::Tls(tls)) => Ok(Stream::Tls(tls)),
+            (None, Carrier::Tcp(tcp)) => Ok(Stream::Tcp(tcp)),
+        }
+    }
+}
+
+/// A connection on its way to another worker: a duplicate of its socket and the state of
+/// the protocols above it.
+pub(crate) struct Handover {
+    fd: OwnedFd,
+    kind: HandoverKind,
+}
+
+enum HandoverKind {
+    Tcp,
+    Unix,
+    Tls(Box<TlsState>),
+    Ws(Box<WsState>),
 }
 
 impl Stream {
@@ -18,6 +94,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
             Stream::Unix(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Ws(s) => s.read(buf).await,
         }
     }
 
@@ -25,16 +103,35 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.write_all(buf).await,
             Stream::Unix(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Ws(s) => s.write_all(buf).await,
         }
     }
 
     /// Writes the frames with one gathering write per call (nothing copied), until every
     /// byte is out. The proxy forwards the frames it read this way.
     pub(crate) async fn write_frames(&self, mut frames: Vec<bytes::Bytes>) -> io::Result<()> {
+        // Encrypted or framed streams copy anyway: each frame goes through their writer.
+        match self {
+            Stream::Tls(s) => {
+                for frame in frames {
+                    s.write_all(frame).await.0?;
+                }
+                return Ok(());
+            }
+            Stream::Ws(s) => {
+                for frame in frames {
+                    s.write_all(frame).await.0?;
+                }
+                return Ok(());
+            }
+            Stream::Tcp(_) | Stream::Unix(_) => {}
+        }
         while !frames.is_empty() {
             let (result, rest) = match self {
                 Stream::Tcp(s) => s.writev(frames).await,
                 Stream::Unix(s) => s.writev(frames).await,
+                Stream::Tls(_) | Stream::Ws(_) => return Ok(()),
             };
             frames = rest;
             let mut written = result?;
@@ -64,36 +161,71 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tls(s) => {
+                s.shutdown();
+                Ok(())
+            }
+            Stream::Ws(s) => {
+                s.shutdown();
+                Ok(())
+            }
         };
     }
 
-    /// A second descriptor for the same socket, to hand the connection to another worker.
-    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
-        let raw = match self {
+    /// What the transport proved about the peer (a verified client certificate).
+    pub(crate) fn identity(&self) -> Option<PeerIdentity> {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => None,
+            Stream::Tls(s) => s.identity().cloned(),
+            Stream::Ws(s) => s.carrier().tls().and_then(|t| t.identity().cloned()),
+        }
+    }
+
+    fn raw_fd(&self) -> i32 {
+        match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
-        };
-        // SAFETY: `raw` belongs to `self`, which is alive for this whole call, so the
-        // borrowed descriptor is open; `try_clone_to_owned` dups it into a new owned one.
+            Stream::Tls(s) => s.tcp().as_raw_fd(),
+            Stream::Ws(s) => s.carrier().tcp().as_raw_fd(),
+        }
+    }
+
+    /// Packs the connection up to hand it to another worker. Nothing may be reading or
+    /// writing it.
+    pub(crate) fn into_handover(self) -> io::Result<Handover> {
+        let raw = self.raw_fd();
+        // SAFETY: `raw` belongs to `self`, which is alive until the end of this call, so
+        // the borrowed descriptor is open; `try_clone_to_owned` dups it into a new owned
+        // one, which outlives `self` (whose drop closes the original).
         #[allow(unsafe_code)]
         let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-        borrowed.try_clone_to_owned()
+        let fd = borrowed.try_clone_to_owned()?;
+        let kind = match self {
+            Stream::Tcp(_) => HandoverKind::Tcp,
+            Stream::Unix(_) => HandoverKind::Unix,
+            Stream::Tls(s) => HandoverKind::Tls(Box::new(s.into_state())),
+            Stream::Ws(s) => HandoverKind::Ws(Box::new(s.into_state())),
+        };
+        Ok(Handover { fd, kind })
     }
+}
 
-    pub(crate) fn is_unix(&self) -> bool {
-        matches!(self, Stream::Unix(_))
-    }
-
-    /// Rebuilds a stream from a descriptor another worker handed over.
-    pub(crate) fn from_fd(fd: OwnedFd, unix: bool) -> Stream {
-        if unix {
-            Stream::Unix(tokio_uring::net::UnixStream::from_std(
-                std::os::unix::net::UnixStream::from(fd),
-            ))
-        } else {
-            Stream::Tcp(tokio_uring::net::TcpStream::from_std(
-                std::net::TcpStream::from(fd),
-            ))
+impl Handover {
+    /// Rebuilds the stream on the worker it was handed to.
+    pub(crate) fn into_stream(self) -> Stream {
+        let tcp =
+            |fd: OwnedFd| tokio_uring::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+        match self.kind {
+            HandoverKind::Tcp => Stream::Tcp(tcp(self.fd)),
+            HandoverKind::Unix => Stream::Unix(tokio_uring::net::UnixStream::from_std(
+                std::os::unix::net::UnixStream::from(self.fd),
+            )),
+            HandoverKind::Tls(state) => {
+                Stream::Tls(Box::new(TlsStream::from_state(tcp(self.fd), *state)))
+            }
+            HandoverKind::Ws(state) => {
+                Stream::Ws(Box::new(WsStream::from_state(tcp(self.fd), *state)))
+            }
         }
     }
 }

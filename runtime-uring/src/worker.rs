@@ -26,7 +26,7 @@ use crate::hooks::RuntimeHooks;
 use crate::limits::Ticket;
 use crate::shared::{Shared, WorkerMessage, WorkerStats};
 use crate::sys::SysReporter;
-use crate::transport::Stream;
+use crate::transport::{Endpoint, Stream};
 
 /// What the reader and writer of one connection share.
 struct ConnIo {
@@ -90,13 +90,13 @@ impl Worker {
     /// Runs the worker until shutdown: its listeners, its timer, its inbox.
     pub(crate) async fn run(
         self: Rc<Self>,
-        tcp: Vec<std::net::TcpListener>,
+        tcp: Vec<(std::net::TcpListener, Endpoint)>,
         unix: Vec<std::os::unix::net::UnixListener>,
         inbox: UnboundedReceiver<WorkerMessage>,
     ) {
-        for listener in tcp {
+        for (listener, endpoint) in tcp {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
-            tokio_uring::spawn(self.clone().accept_tcp(listener));
+            tokio_uring::spawn(self.clone().accept_tcp(listener, endpoint));
         }
         for listener in unix {
             tokio_uring::spawn(self.clone().accept_unix(listener));
@@ -108,7 +108,12 @@ impl Worker {
         self.inbox_loop(inbox).await;
     }
 
-    async fn accept_tcp(self: Rc<Self>, listener: tokio_uring::net::TcpListener) {
+    async fn accept_tcp(
+        self: Rc<Self>,
+        listener: tokio_uring::net::TcpListener,
+        endpoint: Endpoint,
+    ) {
+        let plain = endpoint.tls.is_none() && endpoint.websocket.is_none();
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
@@ -121,13 +126,22 @@ impl Worker {
                     };
                     let _ = stream.set_nodelay(true);
                     let remote = remote.to_string();
-                    tokio_uring::spawn(self.clone().connection(
-                        Stream::Tcp(stream),
-                        Vec::new(),
-                        remote,
-                        false,
-                        Some(ticket),
-                    ));
+                    if plain {
+                        tokio_uring::spawn(self.clone().connection(
+                            Stream::Tcp(stream),
+                            Vec::new(),
+                            remote,
+                            false,
+                            Some(ticket),
+                        ));
+                    } else {
+                        tokio_uring::spawn(self.clone().establish(
+                            stream,
+                            endpoint.clone(),
+                            remote,
+                            ticket,
+                        ));
+                    }
                 }
                 Err(e) => {
                     warn!(worker = self.index, "accept failed: {e}");
@@ -182,6 +196,26 @@ impl Worker {
         }
     }
 
+    /// Runs a listener's TLS and WebSocket handshakes, within the time a client has to
+    /// send CONNECT, then serves the connection.
+    async fn establish(
+        self: Rc<Self>,
+        tcp: tokio_uring::net::TcpStream,
+        endpoint: Endpoint,
+        remote: String,
+        ticket: Ticket,
+    ) {
+        let limit = self.shared.server_config.connect_timeout;
+        match tokio::time::timeout(limit, endpoint.establish(tcp)).await {
+            Ok(Ok(stream)) => {
+                self.connection(stream, Vec::new(), remote, false, Some(ticket))
+                    .await
+            }
+            Ok(Err(e)) => debug!(remote, "handshake failed: {e}"),
+            Err(_) => debug!(remote, "handshake timed out"),
+        }
+    }
+
     /// Reads a connection's first packet, and if it is a CONNECT for a session another
     /// worker owns, hands the connection there; otherwise serves it here.
     async fn connection(
@@ -206,18 +240,15 @@ impl Worker {
             .unwrap_or(None);
             match first {
                 Some((bytes, Some(owner))) if owner != self.index => {
-                    match stream.duplicate() {
-                        Ok(fd) => {
-                            let unix = stream.is_unix();
-                            drop(stream);
+                    match stream.into_handover() {
+                        Ok(stream) => {
                             self.shared.send(
                                 owner,
                                 WorkerMessage::Connection {
-                                    fd,
+                                    stream,
                                     ticket,
                                     received: bytes,
                                     remote,
-                                    unix,
                                 },
                             );
                         }
@@ -241,7 +272,11 @@ impl Worker {
 
     async fn serve(self: Rc<Self>, stream: Stream, received: Vec<u8>, remote: String) {
         let now = self.now();
-        let id = self.broker.borrow_mut().open(now, Some(&remote));
+        let identity = stream.identity();
+        let id = self
+            .broker
+            .borrow_mut()
+            .open_with_identity(now, Some(&remote), identity);
         let io = Rc::new(ConnIo {
             stream,
             readable: Notify::new(),
@@ -445,13 +480,12 @@ impl Worker {
                     self.after_input();
                 }
                 WorkerMessage::Connection {
-                    fd,
+                    stream,
                     ticket,
                     received,
                     remote,
-                    unix,
                 } => {
-                    let stream = Stream::from_fd(fd, unix);
+                    let stream = stream.into_stream();
                     tokio_uring::spawn(
                         self.clone()
                             .connection(stream, received, remote, true, ticket),

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             .iter()
             .map(|&bind| ListenerConfig {
                 bind: Some(bind),
-                unix: None,
+                ..ListenerConfig::default()
             })
             .collect();
     }
@@ -125,6 +125,10 @@ fn main() -> ExitCode {
             match server.reload_auth() {
                 Ok(()) => info!("SIGHUP: password and ACL files reloaded"),
                 Err(e) => error!("SIGHUP: reload failed, the previous rules stay: {e}"),
+            }
+            match server.reload_tls() {
+                Ok(()) => info!("SIGHUP: TLS files reloaded"),
+                Err(e) => error!("SIGHUP: TLS files not reloaded: {e}"),
             }
             continue;
         }

@@ -42,7 +42,22 @@ impl Broker {
         Broker::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> Broker {
+    /// `petrel --config FILE` whose file has `listeners` TCP listeners: the broker and
+    /// each listener's address, in the file's order.
+    pub fn start_config(config: &std::path::Path, listeners: usize) -> (Broker, Vec<SocketAddr>) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
+        command
+            .args(["--log-level", "info", "--config"])
+            .arg(config);
+        Broker::spawn_listening(command, listeners)
+    }
+
+    fn spawn(command: Command) -> Broker {
+        Broker::spawn_listening(command, 1).0
+    }
+
+    /// Starts the process and reads the `listening on` line of each of its listeners.
+    fn spawn_listening(mut command: Command, listeners: usize) -> (Broker, Vec<SocketAddr>) {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -50,15 +65,26 @@ impl Broker {
             .expect("start petrel");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("petrel printed nothing")
-            .expect("read stdout");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for _ in 0..listeners {
+            let line = match lines.next() {
+                Some(line) => line.expect("read stdout"),
+                None => {
+                    let mut err = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut err);
+                    }
+                    panic!("petrel printed nothing; stderr:\n{err}");
+                }
+            };
+            addrs.push(
+                line.strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                    .parse()
+                    .expect("address"),
+            );
+        }
+        let addr = addrs[0];
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
@@ -73,11 +99,14 @@ impl Broker {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Broker {
-            child,
-            addr,
-            stderr,
-        }
+        (
+            Broker {
+                child,
+                addr,
+                stderr,
+            },
+            addrs,
+        )
     }
 
     pub fn port(&self) -> String {
@@ -99,7 +128,8 @@ impl Broker {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends SIGHUP (the proxy re-reads its configuration).
+    /// Sends SIGHUP (the broker reloads its TLS, password and ACL files; the proxy
+    /// re-reads its configuration).
     pub fn hangup(&self) {
         let _ = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
