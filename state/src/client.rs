@@ -729,6 +729,10 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// Starts a connection on a new transport: drops any bytes not yet transmitted, and
     /// queues CONNECT. With `clean_start`, the session state is discarded first
     /// [MQTT-3.1.2-4] (the lost publishes are reported by [`Client::poll_event`]).
+    // Never inlined, like the other commands that build a `Packet` and `handle_bytes`, which
+    // decodes one: a `Packet` is over 600 bytes, and inlined into one caller their frames add
+    // up and their code is copied (3 KB of flash and 1 KB of stack frame on a Cortex-M4).
+    #[inline(never)]
     pub fn connect(&mut self, now: Instant) -> Result<(), ClientError> {
         let o = self.options;
         let invalid_will = o
@@ -815,6 +819,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// The PUBLISH is queued for transmission with DUP 0 [MQTT-4.3.2-2], [MQTT-4.3.3-2] and,
     /// at QoS 1/2, kept in the retransmission store until acknowledged. Topic aliases and
     /// subscription identifiers are refused: this client sends neither [MQTT-3.3.4-6].
+    #[inline(never)]
     pub fn publish_with(
         &mut self,
         now: Instant,
@@ -911,6 +916,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
 
     /// Subscribes to topic filters, with 5.0 properties (a subscription identifier, user
     /// properties). [`ClientEvent::Subscribed`] reports the SUBACK.
+    #[inline(never)]
     pub fn subscribe_with(
         &mut self,
         now: Instant,
@@ -938,6 +944,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     }
 
     /// Unsubscribes from topic filters; [`ClientEvent::Unsubscribed`] reports the UNSUBACK.
+    #[inline(never)]
     pub fn unsubscribe(&mut self, now: Instant, filters: &[&str]) -> Result<PacketId, ClientError> {
         let _ = now;
         self.check_request(filters.len())?;
@@ -992,6 +999,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// queued (section 4.13), and the state becomes [`ConnectionState::Closing`].
     /// [`ClientError::BufferFull`] is not fatal: nothing was consumed; drain
     /// [`Client::poll_transmit`] and call again with the same input.
+    #[inline(never)]
     pub fn handle_bytes<'b>(
         &mut self,
         now: Instant,
