@@ -157,6 +157,21 @@ impl Stream {
         Ok(())
     }
 
+    /// Ends the connection the way its protocol ends a stream (TLS close_notify, a
+    /// WebSocket close frame), then shuts the socket down. A peer that does not read gets
+    /// a second, not more: the socket is shut down either way.
+    pub(crate) async fn close(&self) {
+        let goodbye = async {
+            match self {
+                Stream::Tls(s) => s.close().await,
+                Stream::Ws(s) => s.close().await,
+                Stream::Tcp(_) | Stream::Unix(_) => {}
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
+        self.shutdown();
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),

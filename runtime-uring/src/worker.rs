@@ -389,7 +389,7 @@ impl Worker {
             return;
         }
         // Everything the shard had for this connection is written: close it.
-        io.stream.shutdown();
+        io.stream.close().await;
         io.readable.notify_one();
         self.conns.borrow_mut().remove(&id);
         self.broker.borrow_mut().release(id);

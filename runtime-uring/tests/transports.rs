@@ -141,9 +141,11 @@ fn assert_roundtrip(broker: &Broker, port: u16, host: &str, tls: &[&str], topic:
     ];
     sub_args.extend_from_slice(tls);
     let sub = Sub::start(broker, &sub_args);
-    // The TLS handshake can take longer than Sub's grace period in a debug build.
-    std::thread::sleep(Duration::from_millis(300));
-    let output = mosquitto_pub(host, port, tls, topic, "over-tls");
+    // Retained, so a subscriber whose TLS handshake (slow in a debug build on a busy
+    // machine) ends after the publish still gets it.
+    let mut pub_args = vec!["-r"];
+    pub_args.extend_from_slice(tls);
+    let output = mosquitto_pub(host, port, &pub_args, topic, "over-tls");
     assert!(
         output.status.success(),
         "mosquitto_pub {tls:?} failed: {}\nbroker log:\n{}",
@@ -579,5 +581,37 @@ fn websocket_handshakes_and_frames_that_are_not_mqtt_are_refused() {
     let mut close = [0u8; 4];
     stream.read_exact(&mut close).expect("close frame");
     assert_eq!(close, [0x88, 0x02, 0x03, 0xEB]);
+
+    // MQTT in a masked binary frame: CONNECT then DISCONNECT. The answer is the CONNACK
+    // in a binary frame, then a normal close frame (1000) as the broker ends the stream.
+    let mut stream = TcpStream::connect(ws).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(upgrade("/mqtt", "mqtt").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("handshake answer");
+        head.push(byte[0]);
+    }
+    let mqtt = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00, 0xE0,
+        0x00,
+    ];
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x82, 0x80 | mqtt.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(mqtt.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert_eq!(
+        answer,
+        [0x82, 0x04, 0x20, 0x02, 0x00, 0x00, 0x88, 0x02, 0x03, 0xE8],
+        "broker log:\n{}",
+        broker.log()
+    );
     drop(broker);
 }

@@ -210,6 +210,14 @@ impl TlsStream {
         (Ok(()), plain)
     }
 
+    /// Sends close_notify, so the peer knows the stream ended whole, then shuts the
+    /// socket down.
+    pub(crate) async fn close(&self) {
+        self.conn.borrow_mut().send_close_notify();
+        let _ = self.flush().await;
+        self.shutdown();
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = self.tcp.shutdown(std::net::Shutdown::Both);
     }

@@ -4,7 +4,7 @@
 pub(crate) mod frame;
 pub(crate) mod handshake;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 
 use tokio_uring::net::TcpStream;
@@ -57,6 +57,8 @@ pub(crate) struct WsStream {
     unread: RefCell<Vec<u8>>,
     /// Whole frames only: a pong must not land inside a data frame being written.
     write_lock: tokio::sync::Mutex<()>,
+    /// A close frame went out: RFC 6455 allows no frame after it.
+    close_sent: Cell<bool>,
 }
 
 /// A WebSocket connection's state, to move it to another worker.
@@ -98,6 +100,7 @@ impl WsStream {
             deframer: RefCell::new(Deframer::new()),
             unread: RefCell::new(request),
             write_lock: tokio::sync::Mutex::new(()),
+            close_sent: Cell::new(false),
         })
     }
 
@@ -161,6 +164,13 @@ impl WsStream {
 
     async fn write_frame(&self, frame: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let _turn = self.write_lock.lock().await;
+        if self.close_sent.get() {
+            return (Err(io::ErrorKind::BrokenPipe.into()), frame);
+        }
+        // The opcode is in the low bits of the first byte (frames here are never empty).
+        if frame.first().is_some_and(|b| b & 0x0F == frame::CLOSE) {
+            self.close_sent.set(true);
+        }
         self.carrier.write_all(frame).await
     }
 
@@ -170,6 +180,18 @@ impl WsStream {
         frame::encode_binary(data.as_ref(), &mut frame);
         let (result, _) = self.write_frame(frame).await;
         (result, data)
+    }
+
+    /// Sends a close frame (1000, normal closure), and close_notify under TLS, then shuts
+    /// the socket down.
+    pub(crate) async fn close(&self) {
+        let mut close = Vec::new();
+        frame::encode_close(frame::status::NORMAL, &mut close);
+        let _ = self.write_frame(close).await;
+        match &self.carrier {
+            Carrier::Tls(tls) => tls.close().await,
+            Carrier::Tcp(_) => self.shutdown(),
+        }
     }
 
     pub(crate) fn shutdown(&self) {
@@ -198,6 +220,7 @@ impl WsStream {
             deframer: RefCell::new(state.deframer),
             unread: RefCell::new(state.unread),
             write_lock: tokio::sync::Mutex::new(()),
+            close_sent: Cell::new(false),
         }
     }
 }
