@@ -211,7 +211,8 @@ impl Worker {
                 self.connection(stream, Vec::new(), remote, false, Some(ticket))
                     .await
             }
-            Ok(Err(e)) => debug!(remote, "handshake failed: {e}"),
+            // Info, not debug: a refused client certificate is the operator's business.
+            Ok(Err(e)) => info!(remote, "TLS/WebSocket handshake failed: {e}"),
             Err(_) => debug!(remote, "handshake timed out"),
         }
     }
