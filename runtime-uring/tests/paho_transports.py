@@ -58,7 +58,7 @@ def run(protocol, name):
     if MODE == "tls12" and client.socket().version() != "TLSv1.2":
         sys.exit(f"{name}: negotiated {client.socket().version()}")
     # Large enough for several WebSocket frame and TLS record sizes.
-    payloads = [b"q0", b"q1" * 100, b"q2" * 40000]
+    payloads = [b"q0", b"q1" * 100, b"q2" * 150000]
     for qos, payload in enumerate(payloads):
         client.publish(f"{name}/{qos}", payload, qos=qos).wait_for_publish(10)
     if not done.wait(10):

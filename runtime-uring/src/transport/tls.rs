@@ -54,6 +54,10 @@ impl TlsStream {
             if !stream.conn.borrow().is_handshaking() {
                 break;
             }
+            // Ciphertext that waited while rustls had records to send goes first.
+            if stream.feed_waiting().await? {
+                continue;
+            }
             let (result, _) = stream.fill(Vec::with_capacity(HANDSHAKE_READ)).await;
             if !result? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -99,27 +103,25 @@ impl TlsStream {
     /// Copies plaintext rustls holds into `buf`: `Some(0)` at a clean close, `None` when
     /// there is nothing yet.
     fn take_plaintext(&self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        let mut conn = self.conn.borrow_mut();
         loop {
             let capacity = buf.capacity().max(1);
             buf.resize(capacity, 0);
-            match conn.reader().read(buf) {
+            let read = self.conn.borrow_mut().reader().read(buf);
+            match read {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(Some(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     buf.clear();
-                    // rustls may hold ciphertext it refused earlier: feed it now that the
-                    // plaintext is drained.
-                    let mut pending = self.pending.borrow_mut();
-                    if pending.is_empty() {
+                    // Ciphertext rustls refused while it held plaintext: feed it now
+                    // that the plaintext is drained.
+                    let before = self.pending.borrow().len();
+                    if before == 0 {
                         return Ok(None);
                     }
-                    let used = conn.read_tls(&mut pending.as_slice())?;
-                    pending.drain(..used);
-                    conn.process_new_packets().map_err(io::Error::other)?;
-                    if used == 0 {
+                    self.feed(&[])?;
+                    if self.pending.borrow().len() == before {
                         return Ok(None);
                     }
                 }
@@ -131,6 +133,19 @@ impl TlsStream {
         }
     }
 
+    /// During the handshake: feeds the ciphertext that waited; true if rustls took some.
+    async fn feed_waiting(&self) -> io::Result<bool> {
+        let before = self.pending.borrow().len();
+        if before == 0 {
+            return Ok(false);
+        }
+        if let Err(e) = self.feed(&[]) {
+            let _ = self.flush().await;
+            return Err(e);
+        }
+        Ok(self.pending.borrow().len() < before)
+    }
+
     /// Reads from the socket into `scratch` and feeds rustls; false at the end of the
     /// stream.
     async fn fill(&self, scratch: Vec<u8>) -> (io::Result<bool>, Vec<u8>) {
@@ -140,35 +155,35 @@ impl TlsStream {
             Ok(n) => n,
             Err(e) => return (Err(e), scratch),
         };
-        let mut input = &scratch[..n];
-        let outcome = {
-            let mut conn = self.conn.borrow_mut();
-            let mut outcome = Ok(());
-            while !input.is_empty() {
-                match conn.read_tls(&mut input) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                }
-                if let Err(e) = conn.process_new_packets() {
-                    outcome = Err(io::Error::other(e));
-                    break;
-                }
-            }
-            outcome
-        };
-        // What rustls would not take (its plaintext buffer is full) waits until the
-        // plaintext is read.
-        self.pending.borrow_mut().extend_from_slice(input);
-        if let Err(e) = outcome {
+        if let Err(e) = self.feed(&scratch[..n]) {
             // Send the alert rustls queued, then give up.
             let _ = self.flush().await;
             return (Err(e), scratch);
         }
         (Ok(true), scratch)
+    }
+
+    /// Hands rustls the ciphertext waiting in `pending`, then `input`, for as long as it
+    /// takes more; what it does not take waits in `pending`, in order.
+    ///
+    /// rustls refuses ciphertext (with an error, not a short read) once it holds 16 KiB of
+    /// plaintext, and `wants_read` turns false as soon as it holds any or has handshake
+    /// records to send, so feeding stops there.
+    fn feed(&self, input: &[u8]) -> io::Result<()> {
+        let mut conn = self.conn.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            let mut rest = input;
+            let result = feed_rustls(&mut conn, &mut rest);
+            pending.extend_from_slice(rest);
+            return result;
+        }
+        pending.extend_from_slice(input);
+        let mut rest: &[u8] = &pending;
+        let result = feed_rustls(&mut conn, &mut rest);
+        let used = pending.len() - rest.len();
+        pending.drain(..used);
+        result
     }
 
     /// Writes every record rustls has queued.
@@ -246,4 +261,15 @@ impl TlsStream {
             identity: state.identity,
         }
     }
+}
+
+/// Feeds `input` to rustls while it wants more, advancing `input` past what it took.
+fn feed_rustls(conn: &mut ServerConnection, input: &mut &[u8]) -> io::Result<()> {
+    while !input.is_empty() && conn.wants_read() {
+        if conn.read_tls(input)? == 0 {
+            break;
+        }
+        conn.process_new_packets().map_err(io::Error::other)?;
+    }
+    Ok(())
 }
