@@ -10,7 +10,8 @@
 #     ROUNDS=1 DURATION=2s bash benches/compare/proxy.sh   # a quick look
 #
 # Environment: ROUNDS (3), DURATION (4s), WARMUP (1s), CLIENTS (connections of the memory
-# scenario, 5000), WORKERS (proxy workers, 1), OUT (target/compare-proxy/<time>).
+# scenario, 5000), WORKERS (proxy workers, 1), OUT (target/compare-proxy/<time>), ONLY
+# (space-separated subset of the scenario names below).
 #
 # One upstream: the proxy places clients by client id, and petrel-bench's publishers and
 # subscribers must meet on one broker (two unbridged mosquittos would split them).
@@ -40,9 +41,19 @@ SCENARIOS=(
     "pairs-qos0|pairs --pairs 8 --qos 0"
     "pairs-qos1|pairs --pairs 8 --qos 1"
     "fan-in-qos1|fan-in --publishers 8 --qos 1"
+    "latency-2k|pairs --pairs 4 --qos 1 --rate 2000"
     "latency-20k|pairs --pairs 4 --qos 1 --rate 20000"
     "conn|conn --clients $CLIENTS --subscribe --hold 1s"
 )
+if [ -n "${ONLY:-}" ]; then
+    selected=()
+    for s in "${SCENARIOS[@]}"; do
+        for want in $ONLY; do
+            [ "${s%%|*}" = "$want" ] && selected+=("$s")
+        done
+    done
+    SCENARIOS=("${selected[@]}")
+fi
 
 PIDS=()
 wait_port() {
@@ -128,9 +139,6 @@ def med(values):
 def rate(r):
     return (r.get("delivered") or {}).get("per_sec")
 
-def p99(r):
-    return ((r.get("delivered") or {}).get("latency_us") or {}).get("p99")
-
 def lost(r):
     return (r.get("delivered") or {}).get("lost") or 0
 
@@ -148,11 +156,15 @@ for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1"]:
     p = med(rate(r) for r in runs.get((name, "proxy"), []))
     lost_p = sum(lost(r) for r in runs.get((name, "proxy"), []))
     fmt = lambda v: f"{v:,.0f} msg/s" if v else "-"
+    if d is None and p is None:
+        continue
     print(f"| {name} (delivered) | {fmt(d)} | {fmt(p)} (lost {lost_p}) | {ratio(p, d)} |")
-d = med(p99(r) for r in runs.get(("latency-20k", "direct"), []))
-p = med(p99(r) for r in runs.get(("latency-20k", "proxy"), []))
-added = f"+{100 * (p - d) / d:.0f}%" if d and p else "-"
-print(f"| latency-20k p99 | {d / 1000:.2f} ms | {p / 1000:.2f} ms | {added} added |" if d and p else "| latency-20k | - | - | - |")
+for name in ["latency-2k", "latency-20k"]:
+    for pct in ["p50", "p99"]:
+        d = med(((r.get("delivered") or {}).get("latency_us") or {}).get(pct) for r in runs.get((name, "direct"), []))
+        p = med(((r.get("delivered") or {}).get("latency_us") or {}).get(pct) for r in runs.get((name, "proxy"), []))
+        if d and p:
+            print(f"| {name} latency {pct} | {d / 1000:.2f} ms | {p / 1000:.2f} ms | {100 * (p - d) / d:+.0f}% |")
 d = med(mem_per_conn(r) for r in runs.get(("conn", "direct"), []))
 p = med(mem_per_conn(r) for r in runs.get(("conn", "proxy"), []))
 n = med(r["connections"]["established"] for r in runs.get(("conn", "proxy"), []))

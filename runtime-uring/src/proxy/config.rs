@@ -60,7 +60,8 @@ pub struct ProxyConfig {
     pub max_packet_size: u32,
     /// Seconds a new client has to send CONNECT.
     pub connect_timeout: u64,
-    /// Milliseconds the connection to an upstream may take before the next is tried.
+    /// Milliseconds the connection to an upstream may take before the client is refused
+    /// (CONNACK "server unavailable"); a timeout alone does not declare the upstream down.
     pub upstream_connect_timeout_ms: u64,
     /// Upstream probing.
     pub health: HealthSettings,
@@ -80,7 +81,7 @@ impl Default for ProxyConfig {
             trace_clients: Vec::new(),
             max_packet_size: 0,
             connect_timeout: 10,
-            upstream_connect_timeout_ms: 1000,
+            upstream_connect_timeout_ms: 5000,
             health: HealthSettings::default(),
             auth: AuthConfig::default(),
         }

@@ -300,8 +300,9 @@ impl Worker {
         );
     }
 
-    /// Connects the pair to the live upstream its client id hashes to, trying the next
-    /// live one (the balancer's choice once the failed one is down) until none is left.
+    /// Connects the pair to the live upstream its client id hashes to. An upstream that
+    /// refuses the connection is declared down and the next live one is tried, until none
+    /// is left; one that does not answer in time only costs this client its connection.
     async fn connect(self: Rc<Self>, pair: Rc<Pair>, client_id: String) {
         loop {
             let Some(address) = self.shared.balancer().choose(&client_id).map(String::from) else {
@@ -329,8 +330,17 @@ impl Worker {
                     return self.after(&pair);
                 }
                 Ok(Err(e)) => warn!(upstream = %address, "cannot connect: {e}"),
-                Err(_) => warn!(upstream = %address, "cannot connect: timed out"),
+                Err(_) => {
+                    // Slow is not dead: under a burst of connections a live broker can be
+                    // late to accept, and declaring it down would turn away every client.
+                    // This client is refused; the probes judge the upstream.
+                    warn!(upstream = %address, client_id, "cannot connect: timed out");
+                    pair.pipe.borrow_mut().upstream_lost();
+                    return self.after(&pair);
+                }
             }
+            // Refused or unreachable: nothing listens there, so the upstream is down now
+            // and the client goes to the next live one.
             let now = self.shared.now();
             self.shared.balancer().connect_failed(now, &address);
             self.shared.tell_health(HealthCommand::Wake);
