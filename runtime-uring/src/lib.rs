@@ -198,7 +198,9 @@ impl RunningServer {
     /// Reads every TLS listener's certificates, keys, client CAs and CRLs again (what
     /// SIGHUP does). New connections get the new ones; a listener whose files fail to load
     /// keeps those it has, and the error says which file and why.
-    pub fn reload_tls(&self) -> Result<(), String> {
+    ///
+    /// Returns how many TLS listeners were reloaded.
+    pub fn reload_tls(&self) -> Result<usize, String> {
         let errors: Vec<String> = self
             .shared
             .tls
@@ -206,7 +208,7 @@ impl RunningServer {
             .filter_map(|acceptor| acceptor.reload().err())
             .collect();
         if errors.is_empty() {
-            Ok(())
+            Ok(self.shared.tls.len())
         } else {
             Err(errors.join("; "))
         }

@@ -127,7 +127,8 @@ fn main() -> ExitCode {
                 Err(e) => error!("SIGHUP: reload failed, the previous rules stay: {e}"),
             }
             match server.reload_tls() {
-                Ok(()) => info!("SIGHUP: TLS files reloaded"),
+                Ok(0) => {}
+                Ok(listeners) => info!(listeners, "SIGHUP: TLS files reloaded"),
                 Err(e) => error!("SIGHUP: TLS files not reloaded: {e}"),
             }
             continue;
