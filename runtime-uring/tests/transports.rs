@@ -516,7 +516,7 @@ fn the_mqtt_npm_package_over_websocket_and_secure_websocket() {
     let (dir, broker, addrs) = websocket_broker("node");
     node(&format!("ws://127.0.0.1:{}/mqtt", addrs[0].port()), None);
     node(
-        &format!("wss://localhost:{}/secure", addrs[1].port()),
+        &format!("wss://127.0.0.1:{}/secure", addrs[1].port()),
         Some(&dir.join("ca.pem")),
     );
     drop(broker);
