@@ -328,6 +328,32 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_commented_transport_listeners_parse() {
+        let text = include_str!("../petrel.example.toml");
+        let start = text.find("# bind = \"0.0.0.0:8883\"").unwrap();
+        let start = text[..start].rfind("# [[listener]]").unwrap();
+        let end = start + text[start..].find("[limits]").unwrap();
+        let uncommented: String = text[start..end]
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.starts_with('[')
+                    || line.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = Config::parse(&uncommented).unwrap();
+        assert_eq!(config.listeners.len(), 3, "{uncommented}");
+        let tls = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.certs.len(), 2);
+        assert_eq!(tls.cert_username, Some(CertUsername::Cn));
+        assert!(config.listeners[1].websocket.is_some());
+        assert!(config.listeners[2].tls.is_some() && config.listeners[2].websocket.is_some());
+    }
+
+    #[test]
     fn transport_keys_parse_and_are_checked() {
         let config = Config::parse(
             "[[listener]]\nbind = \"127.0.0.1:8883\"\n\
