@@ -582,8 +582,9 @@ fn websocket_handshakes_and_frames_that_are_not_mqtt_are_refused() {
     stream.read_exact(&mut close).expect("close frame");
     assert_eq!(close, [0x88, 0x02, 0x03, 0xEB]);
 
-    // MQTT in a masked binary frame: CONNECT then DISCONNECT. The answer is the CONNACK
-    // in a binary frame, then a normal close frame (1000) as the broker ends the stream.
+    // A ping, then MQTT in a masked binary frame: CONNECT then DISCONNECT. The answer is
+    // the pong, the CONNACK in a binary frame, then a normal close frame (1000) as the
+    // broker ends the stream.
     let mut stream = TcpStream::connect(ws).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -601,7 +602,10 @@ fn websocket_handshakes_and_frames_that_are_not_mqtt_are_refused() {
         0x00,
     ];
     let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x82, 0x80 | mqtt.len() as u8];
+    let mut frame = vec![0x89, 0x82];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame.extend_from_slice(&[0x82, 0x80 | mqtt.len() as u8]);
     frame.extend_from_slice(&mask);
     frame.extend(mqtt.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     stream.write_all(&frame).unwrap();
@@ -609,7 +613,7 @@ fn websocket_handshakes_and_frames_that_are_not_mqtt_are_refused() {
     let _ = stream.read_to_end(&mut answer);
     assert_eq!(
         answer,
-        [0x82, 0x04, 0x20, 0x02, 0x00, 0x00, 0x88, 0x02, 0x03, 0xE8],
+        [0x8A, 0x02, b'h', b'i', 0x82, 0x04, 0x20, 0x02, 0x00, 0x00, 0x88, 0x02, 0x03, 0xE8],
         "broker log:\n{}",
         broker.log()
     );
