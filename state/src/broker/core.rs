@@ -311,8 +311,12 @@ impl Broker {
             {
                 continue;
             }
-            // Everything in flight is re-sent when the client returns [MQTT-4.4.0-1].
-            session.expires_at = expiry_deadline(now, session.expiry_interval);
+            // Everything in flight is re-sent when the client returns [MQTT-4.4.0-1]. A
+            // session that was detached keeps its deadline; one whose connection the restart
+            // ended starts counting now.
+            session.expires_at = session
+                .expires_at
+                .or_else(|| expiry_deadline(now, session.expiry_interval));
             let key = self.insert_session(SessionEntry {
                 client_id: client_id.clone(),
                 detached: None,
@@ -501,8 +505,15 @@ impl Broker {
 
     /// The next connection that is over: send what [`Broker::poll_transmit`] still gives,
     /// close the transport, then [`Broker::release`] it.
+    ///
+    /// A connection whose last bytes (a DISCONNECT, say) wait for a store batch is not
+    /// reported until the batch is durable, so that closing it does not drop them.
     pub fn poll_closed(&mut self) -> Option<ConnectionId> {
-        self.closing.pop_front()
+        let next = self
+            .closing
+            .iter()
+            .position(|&id| self.conn(id).is_none_or(|s| s.barrier == 0))?;
+        self.closing.remove(next)
     }
 
     /// Forgets a closed connection; its identifier becomes stale.
@@ -1790,7 +1801,13 @@ impl Broker {
         let entry = self.sessions.get(key as usize)?.as_ref()?;
         let session = match entry.connection {
             Some(id) => self.conn(id)?.conn.session()?.clone(),
-            None => Session::clone(entry.detached.as_deref()?),
+            None => {
+                // The deadline lives in the entry while detached; the store needs it to
+                // drop the session if it expires while the broker is down.
+                let mut session = Session::clone(entry.detached.as_deref()?);
+                session.expires_at = entry.expires_at;
+                session
+            }
         };
         Some(SessionRecord {
             session,
