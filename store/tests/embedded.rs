@@ -1,0 +1,168 @@
+//! The embedded store through the committer: what is committed comes back, expired state is
+//! removed from disk, and a damaged file or record is refused with a message naming it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{commits, session, Scratch};
+use petrel_state::broker::{Durability, Storage};
+use petrel_state::message::Message;
+use petrel_state::Instant;
+use petrel_store::{
+    embedded::FILE_NAME, load, Clock, CommitSettings, Committer, EmbeddedStore, StoreError,
+};
+
+const SETTINGS: CommitSettings = CommitSettings {
+    window: Duration::from_millis(2),
+    durable: true,
+};
+
+fn clock() -> Clock {
+    Clock::new(Clock::unix_now())
+}
+
+#[test]
+fn committed_state_comes_back_after_reopening() {
+    let dir = Scratch::new("reopen");
+    let clock = clock();
+    let (listener, committed) = commits();
+    let committer = Committer::start(
+        Box::new(EmbeddedStore::open(&dir.0).unwrap()),
+        SETTINGS,
+        clock,
+        listener,
+    )
+    .unwrap();
+    let mut shard0 = committer.shard(0);
+    let mut shard1 = committer.shard(1);
+    shard0.save_session(&session("a", 3600));
+    let mut retained = Message::new("status", &b"up"[..]);
+    retained.retain = true;
+    shard0.set_retained("status", Some(&Arc::new(retained.clone())));
+    assert_eq!(shard0.commit(), Durability::Pending(1));
+    shard1.save_session(&session("b", 3600));
+    shard1.save_session(&session("gone", 3600));
+    assert_eq!(shard1.commit(), Durability::Pending(1));
+    shard1.delete_session("gone");
+    assert_eq!(shard1.commit(), Durability::Pending(2));
+    // Nothing to write: durable at once.
+    assert_eq!(shard1.commit(), Durability::Durable);
+
+    let mut seen = [0u64; 2];
+    while seen != [1, 2] {
+        let (shard, token) = committed.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(token > seen[shard], "tokens only move forward");
+        seen[shard] = token;
+    }
+    drop((shard0, shard1));
+    committer.finish();
+
+    let mut store = EmbeddedStore::open(&dir.0).unwrap();
+    let loaded = load(&mut store, clock).unwrap();
+    let mut ids: Vec<_> = loaded
+        .state
+        .sessions
+        .iter()
+        .map(|r| r.session.client_id.as_str())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(loaded.state.sessions[0], session("a", 3600));
+    assert_eq!(*loaded.state.retained[0], retained);
+}
+
+#[test]
+fn expired_sessions_and_messages_are_removed_from_disk() {
+    let dir = Scratch::new("expiry");
+    // A process that started 100 s ago.
+    let clock = Clock::new(Clock::unix_now() - 100_000_000);
+    let mut store = EmbeddedStore::open(&dir.0).unwrap();
+    let mut expired = session("expired", 10);
+    expired.session.expires_at = Some(Instant::from_secs(20));
+    let mut alive = session("alive", 3600);
+    alive.session.expires_at = Some(Instant::from_secs(3000));
+    let mut old = Message::new("old", &b"x"[..]);
+    old.properties.expires_at = Some(Instant::from_secs(50));
+    use petrel_store::{record, Backend, Op};
+    store
+        .apply(
+            &[
+                Op::PutSession(
+                    String::from("expired"),
+                    record::encode_session(&expired, clock),
+                ),
+                Op::PutSession(String::from("alive"), record::encode_session(&alive, clock)),
+                Op::PutRetained(String::from("old"), record::encode_message(&old, clock)),
+            ],
+            true,
+        )
+        .unwrap();
+    let loaded = load(&mut store, clock).unwrap();
+    assert_eq!(loaded.expired_sessions, 1);
+    assert_eq!(loaded.expired_retained, 1);
+    assert_eq!(loaded.state.sessions.len(), 1);
+    let raw = store.load().unwrap();
+    assert_eq!(raw.sessions.len(), 1, "the expired session left the disk");
+    assert!(raw.retained.is_empty(), "the expired message left the disk");
+}
+
+#[test]
+fn a_damaged_record_is_refused_by_name() {
+    use petrel_store::{Backend, Op};
+    let dir = Scratch::new("damaged");
+    let clock = clock();
+    let mut store = EmbeddedStore::open(&dir.0).unwrap();
+    let mut bytes = petrel_store::record::encode_session(&session("victim", 60), clock);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    store
+        .apply(&[Op::PutSession(String::from("victim"), bytes)], true)
+        .unwrap();
+    let err = load(&mut store, clock).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"victim\"") && text.contains("refusing"),
+        "{text}"
+    );
+    // Still there: refusing does not delete it.
+    assert_eq!(store.load().unwrap().sessions.len(), 1);
+}
+
+#[test]
+fn a_truncated_file_is_refused_not_replaced() {
+    let dir = Scratch::new("truncated");
+    {
+        let mut store = EmbeddedStore::open(&dir.0).unwrap();
+        use petrel_store::{Backend, Op};
+        let clock = clock();
+        let ops: Vec<Op> = (0..200)
+            .map(|i| {
+                let id = format!("client-{i}");
+                let record = petrel_store::record::encode_session(&session(&id, 60), clock);
+                Op::PutSession(id, record)
+            })
+            .collect();
+        store.apply(&ops, true).unwrap();
+    }
+    let path = dir.0.join(FILE_NAME);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    let result = EmbeddedStore::open(&dir.0).and_then(|mut s| load(&mut s, clock()));
+    match result {
+        Err(e) => assert!(e.to_string().contains(FILE_NAME), "{e}"),
+        Ok(loaded) => panic!(
+            "a truncated store opened with {} sessions",
+            loaded.state.sessions.len()
+        ),
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        len / 3,
+        "the damaged file is left as it was, for inspection"
+    );
+}
