@@ -155,6 +155,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// The password file and the ACL file.
     pub auth: crate::auth::AuthConfig,
+    /// Persistence: where sessions and retained messages are kept.
+    pub store: crate::persistence::StoreConfig,
 }
 
 impl Default for Config {
@@ -171,6 +173,7 @@ impl Default for Config {
             limits: Limits::default(),
             sys: SysConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            store: crate::persistence::StoreConfig::default(),
         }
     }
 }
@@ -247,6 +250,7 @@ impl Config {
         if self.limits.receive_maximum == 0 {
             return Err(String::from("limits.receive_maximum: must be at least 1"));
         }
+        self.store.validate()?;
         Ok(())
     }
 

@@ -12,6 +12,8 @@
 //!
 //! let mut config = Config::default();
 //! config.listeners[0].bind = Some("127.0.0.1:0".parse().unwrap());
+//! // Keep nothing on disk (the default is a store in `data_dir`).
+//! config.store.kind = petrel::persistence::StoreKind::Memory;
 //! let server = Server::new(config).start()?;
 //! println!("listening on {:?}", server.local_addrs());
 //!
@@ -34,6 +36,7 @@ pub mod config;
 mod hooks;
 mod limits;
 pub mod passwd;
+pub mod persistence;
 pub mod proxy;
 mod shared;
 mod sys;
@@ -136,9 +139,12 @@ impl Server {
             tls,
         });
         transport::certs::watch(Arc::downgrade(&shared));
+        let mut persistence =
+            persistence::Persistence::open(&shared.config, shared.origin, shared.inboxes.clone())?;
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
+            let (storage, restored) = persistence.shard(index);
             // The Unix listeners go to worker 0; connections move to their owner shard.
             let unix = if index == 0 {
                 std::mem::take(&mut unix)
@@ -149,7 +155,7 @@ impl Server {
                 .name(format!("petrel-worker-{index}"))
                 .spawn(move || {
                     tokio_uring::start(async move {
-                        let worker = worker::Worker::new(index, shared);
+                        let worker = worker::Worker::new(index, shared, storage, restored);
                         worker.run(tcp, unix, inbox).await;
                     });
                 })?;
@@ -160,6 +166,7 @@ impl Server {
             shared,
             threads,
             watcher,
+            persistence,
         })
     }
 }
@@ -180,6 +187,7 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
+    persistence: persistence::Persistence,
 }
 
 impl RunningServer {
@@ -244,5 +252,6 @@ impl RunningServer {
         if let Some(watcher) = self.watcher {
             let _ = watcher.join();
         }
+        self.persistence.finish();
     }
 }

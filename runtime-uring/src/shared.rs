@@ -27,6 +27,8 @@ pub(crate) enum WorkerMessage {
     },
     /// A message from the embedding program.
     Publish(Message),
+    /// Every store batch of this shard up to this token is durable.
+    Committed(u64),
     /// Stop.
     Shutdown,
 }

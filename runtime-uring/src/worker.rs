@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use petrel_codec::{Decoded, Decoder, Packet, ProtocolVersion};
-use petrel_state::broker::{owner_shard, Broker, BrokerConfig, ConnectionId, NoStorage};
+use petrel_state::broker::{owner_shard, Broker, BrokerConfig, ConnectionId, Storage, StoredState};
 use petrel_state::message::Message;
 use petrel_state::Instant;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -54,10 +54,17 @@ pub(crate) struct Worker {
     /// The deadline the timer task sleeps until (`None`: no deadline).
     timer_armed: Cell<Option<Instant>>,
     shutting_down: Cell<bool>,
+    /// The last store batch reported durable.
+    committed: Cell<u64>,
 }
 
 impl Worker {
-    pub(crate) fn new(index: usize, shared: Arc<Shared>) -> Rc<Worker> {
+    pub(crate) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        storage: Box<dyn Storage + Send>,
+        restored: StoredState,
+    ) -> Rc<Worker> {
         let config = BrokerConfig {
             server: shared.server_config.clone(),
             shard_index: index as u16,
@@ -67,7 +74,8 @@ impl Worker {
             ..BrokerConfig::default()
         };
         let hooks = RuntimeHooks::new(shared.clone(), index);
-        let broker = Broker::new(config, Box::new(hooks), Box::new(NoStorage));
+        let mut broker = Broker::new(config, Box::new(hooks), storage);
+        broker.restore(shared.now(), restored);
         Rc::new(Worker {
             index,
             shared,
@@ -76,6 +84,7 @@ impl Worker {
             timer: Notify::new(),
             timer_armed: Cell::new(None),
             shutting_down: Cell::new(false),
+            committed: Cell::new(0),
         })
     }
 
@@ -493,12 +502,26 @@ impl Worker {
                     );
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
+                WorkerMessage::Committed(upto) => self.committed(upto),
                 WorkerMessage::Shutdown => {
-                    self.shutdown().await;
+                    self.shutdown(&mut inbox).await;
                     return;
                 }
             }
         }
+    }
+
+    /// The committer reports the last durable batch; each one between releases what it
+    /// held back.
+    fn committed(self: &Rc<Self>, upto: u64) {
+        let now = self.now();
+        let mut broker = self.broker.borrow_mut();
+        for token in self.committed.get() + 1..=upto {
+            broker.storage_committed(now, token);
+        }
+        drop(broker);
+        self.committed.set(self.committed.get().max(upto));
+        self.after_input();
     }
 
     fn publish(self: &Rc<Self>, message: Message) {
@@ -509,13 +532,19 @@ impl Worker {
 
     /// Stops accepting, tells every client (DISCONNECT 0x8B to 5.0 clients), and waits a
     /// little for the writers to flush.
-    async fn shutdown(self: &Rc<Self>) {
+    async fn shutdown(self: &Rc<Self>, inbox: &mut UnboundedReceiver<WorkerMessage>) {
         self.shutting_down.set(true);
         let now = self.now();
         self.broker.borrow_mut().shutdown(now);
         self.after_input();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            // The goodbyes may wait for a store commit, reported through the inbox.
+            while let Ok(message) = inbox.try_recv() {
+                if let WorkerMessage::Committed(upto) = message {
+                    self.committed(upto);
+                }
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         info!(worker = self.index, "stopped");

@@ -17,6 +17,18 @@ pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The directory it runs in, removed with it.
+    scratch: std::path::PathBuf,
+}
+
+/// A fresh directory, unique to this process and call.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("petrel-test-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }
 
 impl Broker {
@@ -57,8 +69,13 @@ impl Broker {
     }
 
     /// Starts the process and reads the `listening on` line of each of its listeners.
+    ///
+    /// It runs in a scratch directory of its own, removed when it is dropped: the default
+    /// `data_dir` (`data`) is then the broker's alone, and tests share no stored state.
     fn spawn_listening(mut command: Command, listeners: usize) -> (Broker, Vec<SocketAddr>) {
+        let scratch = scratch_dir("broker");
         let mut child = command
+            .current_dir(&scratch)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -104,6 +121,7 @@ impl Broker {
                 child,
                 addr,
                 stderr,
+                scratch,
             },
             addrs,
         )
@@ -156,6 +174,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
