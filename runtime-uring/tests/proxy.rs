@@ -77,14 +77,27 @@ fn free_port() -> u16 {
 
 /// The proxy in front of `upstreams`, with extra configuration lines (written to a file).
 fn proxy(upstreams: &[&Mosquitto], config: &str) -> (Broker, PathBuf) {
+    let (proxy, path, _) = proxy_listening(upstreams, config, 1);
+    (proxy, path)
+}
+
+/// [`proxy`] with `[[listener]]`s in `config`: also every listening address.
+fn proxy_listening(
+    upstreams: &[&Mosquitto],
+    config: &str,
+    listeners: usize,
+) -> (Broker, PathBuf, Vec<std::net::SocketAddr>) {
     let path = std::env::temp_dir().join(format!(
         "petrel-proxy-test-{}-{}.toml",
         std::process::id(),
         free_port()
     ));
     write_config(&path, upstreams, config);
-    let proxy = Broker::start_proxy(&["--workers", "2", "--config", path.to_str().unwrap()]);
-    (proxy, path)
+    let (proxy, addrs) = Broker::start_proxy_listening(
+        &["--workers", "2", "--config", path.to_str().unwrap()],
+        listeners,
+    );
+    (proxy, path, addrs)
 }
 
 fn write_config(path: &PathBuf, upstreams: &[&Mosquitto], config: &str) {
@@ -429,5 +442,82 @@ fn a_client_that_never_sends_connect_is_closed() {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "closed by the proxy, not the read timeout"
+    );
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1, made for the test.
+fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "proxy test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let mut server =
+        CertificateParams::new(vec![String::from("127.0.0.1"), String::from("localhost")])
+            .expect("params");
+    server.distinguished_name.push(DnType::CommonName, "proxy");
+    let cert = server.signed_by(&key, &issuer).expect("sign");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_pem).expect("write");
+    std::fs::write(&paths.1, cert.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+#[test]
+fn tls_and_secure_websocket_terminate_at_the_proxy() {
+    let (a, b) = (Mosquitto::start(), Mosquitto::start());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("proxy-tls");
+    let (ca, cert, key) = certificates(&dir);
+    let tls = format!(
+        "tls = {{ certs = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+        cert.display(),
+        key.display()
+    );
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n{tls}\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\n{tls}\nwebsocket = {{ path = \"/mqtt\" }}\n"
+    );
+    let (_proxy, _config, addrs) = proxy_listening(&[&a, &b], &config, 3);
+    let (tls_port, wss_port) = (addrs[1].port().to_string(), addrs[2].port().to_string());
+    let ids = ids_on(&[&a, &b], &a, "tls-", 2);
+    let ca = ca.to_str().unwrap();
+    let sub = Sub::start_on(
+        addrs[1].port(),
+        &[
+            "--cafile", ca, "-i", &ids[0], "-t", "tls/x", "-q", "1", "-C", "1", "-W", "10",
+        ],
+    );
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile", ca])
+        .args(["-i", &ids[1], "-t", "tls/x", "-m", "secret", "-q", "1"])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(sub.lines(), vec!["tls/x secret"]);
+    // paho-mqtt over secure WebSocket, 3.1.1 and 5.0, every QoS.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_transports.py");
+    let output = Command::new("python3")
+        .args([script, "wss", &wss_port, ca, "/mqtt"])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "paho wss: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }

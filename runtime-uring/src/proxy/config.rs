@@ -10,7 +10,7 @@ use petrel_state::proxy::{BuiltinHooks, HealthConfig, PipeConfig};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
-use crate::config::{describe, ConfigError};
+use crate::config::{describe, ConfigError, ListenerConfig};
 
 /// How upstreams are probed.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,8 +41,12 @@ impl Default for HealthSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    /// Addresses to accept MQTT clients on (port 0 picks a free one).
+    /// Addresses to accept plain MQTT over TCP on (port 0 picks a free one).
     pub listen: Vec<SocketAddr>,
+    /// Listeners as the broker's `[[listener]]`: `bind` with `tls` (TLS termination, SNI,
+    /// client certificates) and `websocket` (WebSocket, secure with `tls`).
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
     /// The upstream brokers, `host:port`; a client id always lands on the same live one.
     pub upstreams: Vec<SocketAddr>,
     /// Worker threads (0: one per core).
@@ -73,6 +77,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listeners: Vec::new(),
             upstreams: Vec::new(),
             workers: 0,
             log_level: String::from("info"),
@@ -108,8 +113,19 @@ impl ProxyConfig {
 
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.listen.is_empty() {
-            return Err(String::from("listen: the proxy would accept nothing"));
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            return Err(String::from(
+                "listen and [[listener]]: the proxy would accept nothing",
+            ));
+        }
+        for (n, listener) in self.listeners.iter().enumerate() {
+            if listener.bind.is_none() || listener.unix.is_some() {
+                return Err(format!("[[listener]] #{}: give `bind` (no `unix`)", n + 1));
+            }
+            if let Some(tls) = &listener.tls {
+                tls.validate()
+                    .map_err(|e| format!("[[listener]] #{}: {e}", n + 1))?;
+            }
         }
         if self.upstreams.is_empty() {
             return Err(String::from("upstreams: at least one is needed"));

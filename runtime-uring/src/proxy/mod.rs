@@ -4,7 +4,8 @@
 //! per client decides what crosses, a [`Balancer`] where each client goes and which
 //! upstreams live. This runtime moves bytes and time:
 //!
-//! - one tokio-uring worker per core, each accepting on its own `SO_REUSEPORT` socket;
+//! - one tokio-uring worker per core, each accepting on its own `SO_REUSEPORT` socket,
+//!   over plain TCP or the broker's TLS and WebSocket transports (`crate::transport`);
 //!   per client a reader per side, a writer per side only while there is something to
 //!   write (frames go out with one gathering write, so a forwarded frame is never copied);
 //! - a health thread that runs the balancer's probes (connect, CONNECT, CONNACK) and tells
@@ -28,6 +29,8 @@ use petrel_codec::ReasonCode;
 use petrel_state::proxy::{Balancer, BuiltinHooks, PipeConfig};
 use petrel_state::Instant;
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::transport::Endpoint;
 
 pub use cli::main as cli_main;
 pub use config::{HealthSettings, ProxyConfig};
@@ -116,15 +119,27 @@ impl Proxy {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let workers = config.worker_count();
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Endpoint)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
-        for &bind in &config.listen {
+        let mut binds: Vec<(SocketAddr, Endpoint)> = config
+            .listen
+            .iter()
+            .map(|&bind| (bind, Endpoint::default()))
+            .collect();
+        for listener in &config.listeners {
+            let endpoint = Endpoint::for_listener(listener)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some(bind) = listener.bind {
+                binds.push((bind, endpoint));
+            }
+        }
+        for (bind, endpoint) in binds {
             let mut addr = bind;
             for sockets in per_worker.iter_mut() {
                 let socket = crate::reuseport_listener(addr)?;
                 addr = socket.local_addr()?;
-                sockets.push(socket);
+                sockets.push((socket, endpoint.clone()));
             }
             addrs.push(addr);
         }
@@ -198,7 +213,8 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// The addresses it listens on (with the ports chosen for port 0).
+    /// The addresses it listens on (with the ports chosen for port 0): the `listen` ones,
+    /// then the `[[listener]]` ones.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::hooks::ProxyHooks;
 use super::{HealthCommand, ProxyMessage, ProxyShared};
 use crate::auth::AccessView;
-use crate::transport::Stream;
+use crate::transport::{Endpoint, Stream};
 
 /// The smallest read buffer, posted while a side is idle.
 const MIN_READ: usize = 128;
@@ -80,7 +80,7 @@ fn other(side: Side) -> Side {
 pub(super) async fn run(
     index: usize,
     shared: Arc<ProxyShared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Endpoint)>,
     mut inbox: UnboundedReceiver<ProxyMessage>,
 ) {
     let worker = Rc::new(Worker {
@@ -93,9 +93,9 @@ pub(super) async fn run(
         pairs: RefCell::new(HashMap::new()),
         shutting_down: Cell::new(false),
     });
-    for listener in listeners {
+    for (listener, endpoint) in listeners {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        tokio_uring::spawn(worker.clone().accept(listener));
+        tokio_uring::spawn(worker.clone().accept(listener, endpoint));
     }
     while let Some(message) = inbox.recv().await {
         match message {
@@ -107,7 +107,9 @@ pub(super) async fn run(
 }
 
 impl Worker {
-    async fn accept(self: Rc<Self>, listener: tokio_uring::net::TcpListener) {
+    async fn accept(self: Rc<Self>, listener: tokio_uring::net::TcpListener, endpoint: Endpoint) {
+        let plain = endpoint.tls.is_none() && endpoint.websocket.is_none();
+        let endpoint = Rc::new(endpoint);
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
@@ -115,13 +117,36 @@ impl Worker {
                         return;
                     }
                     let _ = stream.set_nodelay(true);
-                    self.clone().open(Stream::Tcp(stream), remote.to_string());
+                    if plain {
+                        self.clone().open(Stream::Tcp(stream), remote.to_string());
+                    } else {
+                        tokio_uring::spawn(self.clone().establish(
+                            stream,
+                            endpoint.clone(),
+                            remote.to_string(),
+                        ));
+                    }
                 }
                 Err(e) => {
                     warn!(worker = self.index, "accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
+        }
+    }
+
+    /// The TLS and WebSocket handshakes, within the connect timeout, then the pair.
+    async fn establish(
+        self: Rc<Self>,
+        tcp: tokio_uring::net::TcpStream,
+        endpoint: Rc<Endpoint>,
+        remote: String,
+    ) {
+        let limit = self.shared.connect_timeout;
+        match tokio::time::timeout(limit, endpoint.establish(tcp)).await {
+            Ok(Ok(stream)) => self.open(stream, remote),
+            Ok(Err(e)) => debug!(remote, "handshake failed: {e}"),
+            Err(_) => debug!(remote, "handshake timed out"),
         }
     }
 

@@ -47,11 +47,17 @@ impl Broker {
 
     /// `petrel proxy --listen 127.0.0.1:0` with these arguments (upstreams, config file).
     pub fn start_proxy(args: &[&str]) -> Broker {
+        Broker::start_proxy_listening(args, 1).0
+    }
+
+    /// [`Broker::start_proxy`] whose configuration adds `[[listener]]`s: the proxy and
+    /// every address, the `--listen` one first.
+    pub fn start_proxy_listening(args: &[&str], listeners: usize) -> (Broker, Vec<SocketAddr>) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_petrel"));
         command
             .args(["proxy", "--listen", "127.0.0.1:0", "--log-level", "info"])
             .args(args);
-        Broker::spawn(command)
+        Broker::spawn_listening(command, listeners)
     }
 
     /// `petrel --config FILE` whose file has `listeners` TCP listeners: the broker and
