@@ -1867,7 +1867,10 @@ impl Broker {
             }
         }
         let conns = self.touched_conns.take_sorted();
-        match self.storage.commit() {
+        // Messages for other shards leave after this input: a store shared by the shards
+        // may hold the acknowledgements until those shards have stored their copies.
+        let forwarded = !self.shard_out.is_empty();
+        match self.storage.commit_forwarding(forwarded) {
             Durability::Durable => {
                 self.touched_conns.extend(conns);
             }

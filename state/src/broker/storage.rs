@@ -77,6 +77,15 @@ pub trait Storage {
 
     /// Ends the batch of calls made for one input.
     fn commit(&mut self) -> Durability;
+
+    /// Ends the batch of one input that also handed messages to other shards
+    /// (`forwarded`). A store that the shards share may answer `Pending` then even for an
+    /// empty batch, so that the runtime can hold this input's acknowledgements until the
+    /// other shards have stored their copies too.
+    fn commit_forwarding(&mut self, forwarded: bool) -> Durability {
+        let _ = forwarded;
+        self.commit()
+    }
 }
 
 /// Keeps nothing: a broker whose state lives and dies with the process.
