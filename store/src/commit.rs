@@ -2,6 +2,7 @@
 //! arrives within the commit window into one transaction, makes it durable, and tells each
 //! shard the last of its batches that is. The workers never wait on a disk or a socket.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -79,7 +80,7 @@ impl Committer {
             clock: self.clock,
             durable: self.settings.durable,
             ops: Vec::new(),
-            next_token: 0,
+            issued: Arc::new(AtomicU64::new(0)),
             sender: self.sender.clone(),
         }
     }
@@ -162,8 +163,43 @@ pub struct ShardStorage {
     clock: Clock,
     durable: bool,
     ops: Vec<Op>,
-    next_token: u64,
+    /// The last token handed out; the runtime reads it to know which batch an input's
+    /// forwarded messages belong to.
+    issued: Arc<AtomicU64>,
     sender: Option<Sender<Batch>>,
+}
+
+impl ShardStorage {
+    /// The last token this store handed out, readable from the worker that owns the broker.
+    pub fn issued(&self) -> Arc<AtomicU64> {
+        self.issued.clone()
+    }
+
+    fn send(&mut self, forwarded: bool) -> Durability {
+        if self.ops.is_empty() && !(forwarded && self.durable) {
+            return Durability::Durable;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let token = if self.durable {
+            self.issued.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        // A batch the committer never gets is never durable: its acknowledgements stay held
+        // (the client re-sends after reconnecting) rather than claim what is not true.
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Batch {
+                shard: self.shard,
+                token,
+                ops,
+            });
+        }
+        if self.durable {
+            Durability::Pending(token)
+        } else {
+            Durability::Durable
+        }
+    }
 }
 
 impl Storage for ShardStorage {
@@ -188,28 +224,10 @@ impl Storage for ShardStorage {
     }
 
     fn commit(&mut self) -> Durability {
-        if self.ops.is_empty() {
-            return Durability::Durable;
-        }
-        let ops = std::mem::take(&mut self.ops);
-        let token = if self.durable {
-            self.next_token += 1;
-            self.next_token
-        } else {
-            0
-        };
-        // A batch the committer never gets is never durable: its acknowledgements stay held
-        // (the client re-sends after reconnecting) rather than claim what is not true.
-        if let Some(sender) = &self.sender {
-            let _ = sender.send(Batch {
-                shard: self.shard,
-                token,
-                ops,
-            });
-        }
-        if !self.durable {
-            return Durability::Durable;
-        }
-        Durability::Pending(token)
+        self.send(false)
+    }
+
+    fn commit_forwarding(&mut self, forwarded: bool) -> Durability {
+        self.send(forwarded)
     }
 }
