@@ -141,10 +141,12 @@ impl Server {
         transport::certs::watch(Arc::downgrade(&shared));
         let mut persistence =
             persistence::Persistence::open(&shared.config, shared.origin, shared.inboxes.clone())?;
+        let restored = Arc::new(std::sync::Barrier::new(workers));
         let mut threads = Vec::new();
         for (index, (tcp, inbox)) in per_worker_tcp.into_iter().zip(receivers).enumerate() {
             let shared = shared.clone();
-            let (storage, restored) = persistence.shard(index);
+            let (storage, state, durable) = persistence.shard(index);
+            let restored = restored.clone();
             // The Unix listeners go to worker 0; connections move to their owner shard.
             let unix = if index == 0 {
                 std::mem::take(&mut unix)
@@ -155,8 +157,8 @@ impl Server {
                 .name(format!("petrel-worker-{index}"))
                 .spawn(move || {
                     tokio_uring::start(async move {
-                        let worker = worker::Worker::new(index, shared, storage, restored);
-                        worker.run(tcp, unix, inbox).await;
+                        let worker = worker::Worker::new(index, shared, storage, state, durable);
+                        worker.run(tcp, unix, inbox, restored).await;
                     });
                 })?;
             threads.push(thread);

@@ -29,6 +29,11 @@ pub(crate) enum WorkerMessage {
     Publish(Message),
     /// Every store batch of this shard up to this token is durable.
     Committed(u64),
+    /// Shard `from` forwarded messages here before this: answer `FenceAnswered(token)` once
+    /// what this shard did with them is durable.
+    Fence { from: usize, token: u64 },
+    /// A shard answered a fence of this shard's batch `token`.
+    FenceAnswered(u64),
     /// Stop.
     Shutdown,
 }

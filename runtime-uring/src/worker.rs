@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::hooks::RuntimeHooks;
 use crate::limits::Ticket;
+use crate::persistence::Durable;
 use crate::shared::{Shared, WorkerMessage, WorkerStats};
 use crate::sys::SysReporter;
 use crate::transport::{Endpoint, Stream};
@@ -54,8 +55,8 @@ pub(crate) struct Worker {
     /// The deadline the timer task sleeps until (`None`: no deadline).
     timer_armed: Cell<Option<Instant>>,
     shutting_down: Cell<bool>,
-    /// The last store batch reported durable.
-    committed: Cell<u64>,
+    /// Which store batches are durable here and on the shards they forwarded to.
+    durable: RefCell<Durable>,
 }
 
 impl Worker {
@@ -64,6 +65,7 @@ impl Worker {
         shared: Arc<Shared>,
         storage: Box<dyn Storage + Send>,
         restored: StoredState,
+        durable: Durable,
     ) -> Rc<Worker> {
         let config = BrokerConfig {
             server: shared.server_config.clone(),
@@ -84,7 +86,7 @@ impl Worker {
             timer: Notify::new(),
             timer_armed: Cell::new(None),
             shutting_down: Cell::new(false),
-            committed: Cell::new(0),
+            durable: RefCell::new(durable),
         })
     }
 
@@ -101,8 +103,27 @@ impl Worker {
         self: Rc<Self>,
         tcp: Vec<(std::net::TcpListener, Endpoint)>,
         unix: Vec<std::os::unix::net::UnixListener>,
-        inbox: UnboundedReceiver<WorkerMessage>,
+        mut inbox: UnboundedReceiver<WorkerMessage>,
+        restored: Arc<std::sync::Barrier>,
     ) {
+        // The subscriptions every shard restored reach the other shards before any client
+        // is served: a publish must not miss a restored subscriber that lives elsewhere.
+        self.after_input();
+        restored.wait();
+        let mut early = None;
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                WorkerMessage::Shard(message) => {
+                    let now = self.now();
+                    self.broker.borrow_mut().handle_shard_message(now, message);
+                    self.after_input();
+                }
+                other => {
+                    early = Some(other);
+                    break;
+                }
+            }
+        }
         for (listener, endpoint) in tcp {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
             tokio_uring::spawn(self.clone().accept_tcp(listener, endpoint));
@@ -114,7 +135,7 @@ impl Worker {
         if self.shared.config.sys.interval > 0 {
             tokio_uring::spawn(self.clone().sys_loop());
         }
-        self.inbox_loop(inbox).await;
+        self.inbox_loop(early, inbox).await;
     }
 
     async fn accept_tcp(
@@ -425,9 +446,18 @@ impl Worker {
                 broker.release(id);
             }
         }
+        let mut targets: Vec<usize> = Vec::new();
         while let Some((shard, message)) = broker.poll_shard_message() {
+            let shard = usize::from(shard);
+            if !targets.contains(&shard) {
+                targets.push(shard);
+            }
+            self.shared.send(shard, WorkerMessage::Shard(message));
+        }
+        for (shard, token) in self.durable.borrow_mut().forwarded(&targets) {
+            let from = self.index;
             self.shared
-                .send(usize::from(shard), WorkerMessage::Shard(message));
+                .send(shard, WorkerMessage::Fence { from, token });
         }
         let deadline = broker.poll_timeout();
         drop(conns);
@@ -481,8 +511,19 @@ impl Worker {
         }
     }
 
-    async fn inbox_loop(self: Rc<Self>, mut inbox: UnboundedReceiver<WorkerMessage>) {
-        while let Some(message) = inbox.recv().await {
+    async fn inbox_loop(
+        self: Rc<Self>,
+        mut early: Option<WorkerMessage>,
+        mut inbox: UnboundedReceiver<WorkerMessage>,
+    ) {
+        loop {
+            let message = match early.take() {
+                Some(message) => message,
+                None => match inbox.recv().await {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
             match message {
                 WorkerMessage::Shard(message) => {
                     let now = self.now();
@@ -503,6 +544,16 @@ impl Worker {
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
                 WorkerMessage::Committed(upto) => self.committed(upto),
+                WorkerMessage::Fence { from, token } => {
+                    let answer = self.durable.borrow_mut().fence(from, token);
+                    if let Some((shard, token)) = answer {
+                        self.shared.send(shard, WorkerMessage::FenceAnswered(token));
+                    }
+                }
+                WorkerMessage::FenceAnswered(token) => {
+                    self.durable.borrow_mut().fence_answered(token);
+                    self.release();
+                }
                 WorkerMessage::Shutdown => {
                     self.shutdown(&mut inbox).await;
                     return;
@@ -514,13 +565,25 @@ impl Worker {
     /// The committer reports the last durable batch; each one between releases what it
     /// held back.
     fn committed(self: &Rc<Self>, upto: u64) {
+        let answers = self.durable.borrow_mut().committed(upto);
+        for (shard, token) in answers {
+            self.shared.send(shard, WorkerMessage::FenceAnswered(token));
+        }
+        self.release();
+    }
+
+    /// Hands the broker every batch that is durable here and wherever it forwarded to.
+    fn release(self: &Rc<Self>) {
+        let tokens = self.durable.borrow_mut().releasable();
+        if tokens.is_empty() {
+            return;
+        }
         let now = self.now();
         let mut broker = self.broker.borrow_mut();
-        for token in self.committed.get() + 1..=upto {
+        for token in tokens {
             broker.storage_committed(now, token);
         }
         drop(broker);
-        self.committed.set(self.committed.get().max(upto));
         self.after_input();
     }
 
@@ -541,8 +604,13 @@ impl Worker {
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             // The goodbyes may wait for a store commit, reported through the inbox.
             while let Ok(message) = inbox.try_recv() {
-                if let WorkerMessage::Committed(upto) = message {
-                    self.committed(upto);
+                match message {
+                    WorkerMessage::Committed(upto) => self.committed(upto),
+                    WorkerMessage::FenceAnswered(token) => {
+                        self.durable.borrow_mut().fence_answered(token);
+                        self.release();
+                    }
+                    _ => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
