@@ -27,8 +27,15 @@ impl Hooks for ProxyHooks {
             info!(client_id = client.client_id, "refused: {decision:?}");
             return decision;
         }
-        if let (Some(username), Some(passwords)) =
-            (&request.username, &self.access.current().passwords)
+        // A user name the verified client certificate gives needs no password.
+        let proven = match (client.identity, &request.username) {
+            (Some(subject), Some(username)) => {
+                crate::transport::certs::certificate_names(subject, username)
+            }
+            _ => false,
+        };
+        if let (Some(username), Some(passwords), false) =
+            (&request.username, &self.access.current().passwords, proven)
         {
             let password = request.password.as_deref().unwrap_or_default();
             if !passwords.verify(username, password) {

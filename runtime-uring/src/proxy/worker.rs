@@ -152,7 +152,8 @@ impl Worker {
 
     fn open(self: Rc<Self>, stream: Stream, remote: String) {
         let id = self.shared.next_pair.fetch_add(1, Ordering::Relaxed);
-        let pipe = Pipe::new(id, self.shared.pipe_config.clone(), Some(remote));
+        let pipe = Pipe::new(id, self.shared.pipe_config.clone(), Some(remote))
+            .with_identity(stream.identity());
         let pair = Rc::new(Pair {
             id,
             pipe: RefCell::new(pipe),

@@ -35,9 +35,10 @@ impl BuiltinHooks {
 }
 
 impl Hooks for BuiltinHooks {
-    fn on_connect(&mut self, _client: &ClientInfo<'_>, request: &ConnectRequest) -> AuthDecision {
+    fn on_connect(&mut self, client: &ClientInfo<'_>, request: &ConnectRequest) -> AuthDecision {
         let username = request.username.as_deref();
-        if username.is_none() && !self.allow_anonymous {
+        // A verified client certificate is a name too.
+        if username.is_none() && client.identity.is_none() && !self.allow_anonymous {
             return AuthDecision::Reject(ReasonCode::NotAuthorized);
         }
         if self.tenant_template.is_some() {

@@ -31,7 +31,7 @@ use petrel_codec::{
     Unsubscribe, UserProperty, Will, EMPTY_PROPERTIES,
 };
 
-use crate::broker::{AuthDecision, ClientInfo, ConnectionId, Hooks, Verdict};
+use crate::broker::{AuthDecision, ClientInfo, ConnectionId, Hooks, PeerIdentity, Verdict};
 use crate::message::{Message, MessageProperties};
 use crate::server::ConnectRequest;
 use crate::time::Instant;
@@ -99,6 +99,7 @@ pub struct Pipe {
     connection: ConnectionId,
     config: PipeConfig,
     remote: Option<String>,
+    identity: Option<PeerIdentity>,
     state: State,
     version: ProtocolVersion,
     client_id: String,
@@ -129,6 +130,7 @@ impl Pipe {
             connection: ConnectionId::detached(index),
             config,
             remote,
+            identity: None,
             state: State::AwaitingConnect,
             version: ProtocolVersion::V5,
             client_id: String::new(),
@@ -143,6 +145,14 @@ impl Pipe {
             refused_from_upstream: Vec::new(),
             pending_subacks: Vec::new(),
         }
+    }
+
+    /// The same pipe for a client the transport identified (a verified TLS client
+    /// certificate): hooks see the subject as [`ClientInfo::identity`], and a user name
+    /// the certificate gives as the client's user name.
+    pub fn with_identity(mut self, identity: Option<PeerIdentity>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// The client id (empty before CONNECT, or until the upstream assigns one).
@@ -368,8 +378,7 @@ impl Pipe {
             username: self.username.as_deref(),
             version: self.version,
             remote: self.remote.as_deref(),
-            // The proxy's listeners are plain TCP: no transport identity yet.
-            identity: None,
+            identity: self.identity.as_ref().map(|i| i.subject.as_str()),
         }
     }
 
@@ -482,10 +491,17 @@ impl Pipe {
     ) {
         self.version = connect.protocol_version;
         self.client_id = String::from(connect.client_id);
-        self.username = connect.username.map(String::from);
+        // A certificate that names the user wins over the CONNECT, as in the broker; the
+        // CONNECT still goes upstream as the device sent it.
+        self.username = self
+            .identity
+            .as_ref()
+            .and_then(|i| i.username.clone())
+            .or_else(|| connect.username.map(String::from));
         self.tracing = self.config.trace_clients.contains(&self.client_id);
         self.trace(Side::Upstream, &Packet::Connect(*connect), " (received)");
-        let request = connect_request(connect, frame);
+        let mut request = connect_request(connect, frame);
+        request.username.clone_from(&self.username);
         let refuse = |pipe: &mut Pipe, reason: ReasonCode| {
             pipe.send_client_packet(Packet::ConnAck(ConnAck {
                 reason_code: reason,

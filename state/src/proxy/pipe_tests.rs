@@ -6,7 +6,7 @@ use petrel_codec::{Properties, SubscriptionOptions};
 use proptest::prelude::*;
 
 use super::*;
-use crate::broker::AllowAll;
+use crate::broker::{AllowAll, PeerIdentity};
 use crate::proxy::BuiltinHooks;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -634,6 +634,27 @@ fn the_upstream_going_away_is_told_to_the_client() {
         assert_eq!(d.reason_code, ReasonCode::ServerShuttingDown);
     });
     assert!(h.pipe.is_closed());
+}
+
+#[test]
+fn a_certificate_names_the_tenant() {
+    let mut h = Harness::new(tenant(), &[]);
+    h.pipe = Pipe::new(1, PipeConfig::default(), None).with_identity(Some(PeerIdentity {
+        subject: String::from("CN=carol"),
+        username: Some(String::from("carol")),
+    }));
+    // Anonymous as far as the CONNECT goes: the certificate is the name.
+    h.client(Packet::Connect(connect(V5, "dev", None)));
+    assert_eq!(h.pipe.username(), Some("carol"));
+    h.upstream(Packet::ConnAck(ConnAck::default()));
+    h.drain(Side::Upstream);
+    h.client(Packet::Publish(publish("a", QoS::AtMostOnce, 0, b"")));
+    h.one(Side::Upstream, |p| {
+        let Packet::Publish(p) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(p.topic, "t/carol/a");
+    });
 }
 
 #[test]
