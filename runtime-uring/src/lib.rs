@@ -27,7 +27,12 @@
 //! ```
 //!
 //! Hooks that authenticate, authorize and rewrite are registered with
-//! [`Server::with_hooks`]; see `runtime-uring/examples/embedded.rs`.
+//! [`Server::with_hooks`]: implement [`Hooks`], whose every method has a default that
+//! allows everything. They run behind the broker's own checks (the `[auth]` password and
+//! ACL files, the `[limits]`). Examples in `runtime-uring/examples/`: `embedded.rs` (a
+//! tenant prefix and the inline client), `authorize_rewrite.rs` (mProxy-style
+//! AuthConnect / AuthPublish / AuthSubscribe with topic rewriting, driven by rumqttc
+//! clients) and `log_hooks.rs` (a line for every event the hooks see).
 //!
 //! [tokio-uring]: https://docs.rs/tokio-uring
 
@@ -51,8 +56,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use auth::AuthConfig;
+pub use petrel_state::broker::{AllowAll, AuthDecision, ClientInfo, Hooks, Verdict};
 pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
-use petrel_state::broker::Hooks;
 use petrel_state::message::Message;
 use shared::{Shared, WorkerMessage, WorkerStats};
 
