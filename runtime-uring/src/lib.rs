@@ -56,8 +56,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use auth::AuthConfig;
-pub use petrel_state::broker::{AllowAll, AuthDecision, ClientInfo, Hooks, Verdict};
 pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
+pub use petrel_state::broker::{AllowAll, AuthDecision, ClientInfo, Hooks, Verdict};
 use petrel_state::message::Message;
 use shared::{Shared, WorkerMessage, WorkerStats};
 
