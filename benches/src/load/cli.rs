@@ -85,6 +85,10 @@ pub struct TargetArgs {
     /// Keep-alive in seconds (PINGREQ when a connection is otherwise idle).
     #[arg(long, default_value_t = 60)]
     pub keep_alive: u16,
+    /// Persistent sessions: clean session off (3.1.1) / clean start off with the longest
+    /// session expiry (5.0), so a broker with a store keeps every client's state on disk.
+    #[arg(long)]
+    pub persistent: bool,
     /// New connections per second (default: as fast as possible, at most 256 attempts in
     /// progress at once).
     #[arg(long, value_name = "PER_SEC")]
@@ -358,6 +362,7 @@ fn apply_target(c: &mut Config, t: &TargetArgs) {
     c.username = t.username.clone();
     c.password = t.password.clone();
     c.keep_alive = t.keep_alive;
+    c.persistent = t.persistent;
     c.connect_rate = t.connect_rate.filter(|r| *r > 0.0);
     if let Some(n) = t.threads {
         c.threads = n.max(1);

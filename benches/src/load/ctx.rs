@@ -68,6 +68,7 @@ pub(crate) struct Ctx {
     pub(crate) sub_qos: QoS,
     pub(crate) payload: usize,
     pub(crate) keep_alive: u16,
+    pub(crate) persistent: bool,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     /// Messages per publisher, if the run is bounded by a count.

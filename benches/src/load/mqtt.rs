@@ -103,13 +103,17 @@ pub(crate) async fn run(
         Ok(Err(e)) => return failed(&ctx, result, describe(&e)),
         Err(_) => return failed(&ctx, result, "connect timed out".into()),
     };
-    let opts = options(
+    let mut opts = options(
         version,
         &client_id,
         ctx.keep_alive,
         ctx.username.as_deref(),
         ctx.password.as_deref().map(str::as_bytes),
     );
+    if ctx.persistent {
+        opts.clean_start = false;
+        opts.session_expiry_interval = u32::MAX;
+    }
     match &role {
         Role::Idle(_) => {
             let io = Io::new(stream, 1024, 1024);

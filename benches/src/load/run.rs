@@ -104,6 +104,8 @@ pub struct Config {
     pub hold: Duration,
     /// Keep-alive in seconds.
     pub keep_alive: u16,
+    /// Persistent sessions (clean session / clean start off).
+    pub persistent: bool,
     /// User name for every connection.
     pub username: Option<String>,
     /// Password for every connection.
@@ -149,6 +151,7 @@ impl Config {
             connect_rate: None,
             hold: Duration::from_secs(5),
             keep_alive: 60,
+            persistent: false,
             username: None,
             password: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -480,6 +483,7 @@ async fn run(config: &Config) -> Result<Report, String> {
         payload: config.payload,
         // A PINGREQ in a publisher's stream would reach the relay's subscribers as a frame.
         keep_alive: if config.relay { 0 } else { config.keep_alive },
+        persistent: config.persistent,
         username: config.username.clone(),
         password: config.password.clone(),
         count: match config.topology {
