@@ -1,10 +1,10 @@
 //! The embedded store: one redb file in the data directory, no server to run.
 //!
-//! redb was chosen over fjall on the measurements in `docs/PERSISTENCE.md`: with one fsync
-//! per group commit both are bound by the disk, and redb recovers a large store faster,
-//! takes less space for this workload, and builds from fewer dependencies. A batch of
-//! changes is one write transaction; `durable` commits are `Immediate` (fsync before
-//! returning), the others `Eventual` (written, synced by a later commit or the kernel).
+//! redb was built first; the measurements in `docs/PERSISTENCE.md` (redb against fjall, one
+//! fsync per group commit) favour fjall on commit rate and space, so this backend may be
+//! replaced. A batch of changes is one write transaction; `durable` commits are `Immediate`
+//! (fsync before returning), the others `Eventual` (written, synced by a later commit or
+//! the kernel).
 
 use std::path::{Path, PathBuf};
 
