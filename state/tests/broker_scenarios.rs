@@ -1211,3 +1211,135 @@ fn a_certificate_identity_reaches_hooks_and_can_replace_the_user_name() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operator commands (what the HTTP management API asks of a shard)
+
+#[test]
+fn operators_list_clients_and_subscriptions_and_kick_with_0x98() {
+    let mut net = Net::new();
+    let persistent = |c: &mut Connect<'_>| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+    };
+    let (mut sub, _) = net.connect_with("sub", V5, persistent);
+    net.subscribe(&mut sub, "a/+", qos(QoS::AtLeastOnce));
+    let _other = net.connect("other", V311);
+    let clients = net.broker.clients();
+    assert_eq!(
+        clients
+            .iter()
+            .map(|c| c.client_id.as_str())
+            .collect::<Vec<_>>(),
+        ["other", "sub"]
+    );
+    let summary = net.broker.client("sub").unwrap();
+    assert!(summary.connected);
+    assert_eq!(summary.subscriptions, 1);
+    assert_eq!(summary.expiry_interval, 100);
+    let subscriptions = net.broker.subscription_list();
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(subscriptions[0].filter, "a/+");
+    assert_eq!(subscriptions[0].qos, QoS::AtLeastOnce);
+
+    let now = net.now;
+    assert!(net.broker.disconnect_client(now, "sub"));
+    let frames = net.frames(&mut sub);
+    let Packet::Disconnect(disconnect) = decode(V5, frames.last().unwrap()) else {
+        panic!("no DISCONNECT");
+    };
+    assert_eq!(disconnect.reason_code, ReasonCode::AdministrativeAction);
+    assert!(net.broker.poll_closed().is_some());
+    assert!(!net.broker.disconnect_client(now, "nobody"));
+}
+
+#[test]
+fn operators_subscribe_for_a_session_and_publish_with_a_report() {
+    let mut net = Net::new();
+    let persistent = |c: &mut Connect<'_>| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+    };
+    let (mut online, _) = net.connect_with("online", V5, persistent);
+    let (mut away, _) = net.connect_with("away", V5, persistent);
+    let now = net.now;
+    assert!(net
+        .broker
+        .subscribe_for(now, "online", "t/#", QoS::AtLeastOnce));
+    assert!(net
+        .broker
+        .subscribe_for(now, "away", "t/x", QoS::AtLeastOnce));
+    assert!(net
+        .broker
+        .subscribe_for(now, "away", "t/+", QoS::AtMostOnce));
+    assert!(!net
+        .broker
+        .subscribe_for(now, "online", "bad/#/x", QoS::AtMostOnce));
+    assert!(!net
+        .broker
+        .subscribe_for(now, "nobody", "t", QoS::AtMostOnce));
+    net.drop_connection(&mut away);
+
+    let mut message = Message::new("t/x", &b"hi"[..]);
+    message.qos = QoS::ExactlyOnce;
+    let report = net.broker.publish_here(now, message, true);
+    assert_eq!((report.delivered, report.queued), (1, 1));
+    let got = net.received(&mut online);
+    assert_eq!(topics(&got), ["t/x"]);
+    assert_eq!(
+        got[0].qos,
+        QoS::AtLeastOnce,
+        "downgraded to the granted QoS"
+    );
+    let stats = net.broker.stats();
+    assert_eq!(stats.messages_received_by_qos, [0, 0, 1]);
+    assert_eq!(stats.deliveries_by_qos, [0, 2, 0]);
+    assert_eq!(stats.bytes_delivered_by_qos, [0, 4, 0]);
+
+    assert!(net.broker.unsubscribe_for(now, "online", "t/#"));
+    assert!(!net.broker.unsubscribe_for(now, "online", "t/#"));
+    let report = net
+        .broker
+        .publish_here(now, Message::new("t/x", &b"2"[..]), true);
+    assert_eq!(
+        (report.delivered, report.queued),
+        (0, 0),
+        "QoS 0 is not queued offline"
+    );
+    assert!(net.received(&mut online).is_empty());
+}
+
+#[test]
+fn operators_list_and_delete_retained_messages_on_every_shard() {
+    let config = |shard_index| BrokerConfig {
+        shard_index,
+        shard_count: 2,
+        ..BrokerConfig::default()
+    };
+    let mut net = Net::with(
+        config(0),
+        Box::new(petrel_state::broker::AllowAll),
+        Box::new(NoStorage),
+    );
+    let mut other = Broker::new(
+        config(1),
+        Box::new(petrel_state::broker::AllowAll),
+        Box::new(NoStorage),
+    );
+    let now = net.now;
+    let mut message = Message::new("keep/me", &b"v"[..]);
+    message.retain = true;
+    net.broker.publish_here(now, message, true);
+    let forward = |from: &mut Broker, to: &mut Broker| {
+        while let Some((_, message)) = from.poll_shard_message() {
+            to.handle_shard_message(now, message);
+        }
+    };
+    forward(&mut net.broker, &mut other);
+    assert_eq!(other.retained_messages().len(), 1);
+    assert_eq!(&*net.broker.retained_messages()[0].topic, "keep/me");
+    assert!(other.delete_retained(now, "keep/me"));
+    assert!(!other.delete_retained(now, "keep/me"));
+    forward(&mut other, &mut net.broker);
+    assert!(net.broker.retained_messages().is_empty());
+}

@@ -14,9 +14,9 @@ use petrel_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, S
 
 use crate::message::Message;
 use crate::server::{
-    Accept, CloseInfo, CloseInitiator, ConnectRequest, Delivery, DeliveryOutcome, OutboundState,
-    ServerConfig, ServerConnection, ServerEvent, Session, SubscribeRequest, UnsubscribeRequest,
-    Will,
+    Accept, CloseInfo, CloseInitiator, ConnectRequest, Delivery, DeliveryOutcome, DropReason,
+    OutboundState, ServerConfig, ServerConnection, ServerEvent, Session, SubscribeRequest,
+    UnsubscribeRequest, Will,
 };
 use crate::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
 use super::storage::{Durability, SessionRecord, Storage, StoredState, StoredSubscription};
 use super::trie::SubscriptionTrie;
+
+pub(super) mod admin;
 
 /// Identifies a connection of a broker; stale identifiers (of released connections) are
 /// recognised and ignored.
@@ -124,6 +126,38 @@ pub struct BrokerStats {
     pub packet_too_large: u64,
     /// Connections closed for exceeding the receive maximum (0x93).
     pub receive_maximum_exceeded: u64,
+    /// Messages received, by the QoS they were published at (0, 1, 2).
+    pub messages_received_by_qos: [u64; 3],
+    /// Payload bytes received, by QoS.
+    pub bytes_received_by_qos: [u64; 3],
+    /// Deliveries handed to sessions, by the QoS they were delivered at.
+    pub deliveries_by_qos: [u64; 3],
+    /// Payload bytes handed to sessions, by QoS.
+    pub bytes_delivered_by_qos: [u64; 3],
+    /// Deliveries dropped, by why.
+    pub dropped: DropTally,
+}
+
+/// Deliveries dropped, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropTally {
+    /// QoS 0 to a connection whose transmit buffer was full (a slow reader).
+    pub buffer_full: u64,
+    /// The session's queue was at its limit.
+    pub queue_full: u64,
+    /// Larger than the client's maximum packet size.
+    pub too_large: u64,
+    /// The message expiry interval had passed.
+    pub expired: u64,
+}
+
+impl BrokerStats {
+    fn count_received(&mut self, message: &Message) {
+        self.messages_received += 1;
+        let qos = message.qos as usize;
+        self.messages_received_by_qos[qos] += 1;
+        self.bytes_received_by_qos[qos] += message.payload.len() as u64;
+    }
 }
 
 type SessionKey = u32;
@@ -662,7 +696,7 @@ impl Broker {
     /// Publishes a message from the embedding program (the inline client), as if a client
     /// had. Returns how many sessions it was delivered or queued to.
     pub fn publish(&mut self, now: Instant, message: Message) -> usize {
-        self.stats.messages_received += 1;
+        self.stats.count_received(&message);
         let message = Arc::new(message);
         self.apply_retain(now, &message, true);
         let result = self.route(now, &message, None, true);
@@ -1097,7 +1131,7 @@ impl Broker {
             }
             return;
         }
-        self.stats.messages_received += 1;
+        self.stats.count_received(&message);
         let message = Arc::new(message);
         self.apply_retain(now, &message, true);
         let result = self.route(now, &message, publisher, true);
@@ -1327,12 +1361,24 @@ impl Broker {
             let Some(state) = self.conn_mut(id) else {
                 return false;
             };
+            let (qos, bytes) = (delivery.qos as usize, delivery.message.payload.len() as u64);
             let outcome = state.conn.deliver(now, delivery);
             self.touched_conns.insert(id);
             return match outcome {
-                DeliveryOutcome::Sent | DeliveryOutcome::Queued => true,
-                DeliveryOutcome::Dropped(_) => {
+                DeliveryOutcome::Sent | DeliveryOutcome::Queued => {
+                    self.stats.deliveries_by_qos[qos] += 1;
+                    self.stats.bytes_delivered_by_qos[qos] += bytes;
+                    true
+                }
+                DeliveryOutcome::Dropped(reason) => {
                     self.stats.deliveries_dropped += 1;
+                    let tally = &mut self.stats.dropped;
+                    *match reason {
+                        DropReason::BufferFull => &mut tally.buffer_full,
+                        DropReason::QueueFull => &mut tally.queue_full,
+                        DropReason::TooLarge => &mut tally.too_large,
+                        DropReason::Expired => &mut tally.expired,
+                    } += 1;
                     true
                 }
                 DeliveryOutcome::NotConnected(delivery) => self.enqueue_detached(key, delivery),
@@ -1354,8 +1400,13 @@ impl Broker {
         if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             return false;
         }
-        if !session.enqueue(delivery, &limits) {
+        let (qos, bytes) = (delivery.qos as usize, delivery.message.payload.len() as u64);
+        if session.enqueue(delivery, &limits) {
+            self.stats.deliveries_by_qos[qos] += 1;
+            self.stats.bytes_delivered_by_qos[qos] += bytes;
+        } else {
             self.stats.deliveries_dropped += 1;
+            self.stats.dropped.queue_full += 1;
         }
         true
     }

@@ -34,7 +34,8 @@ mod shard;
 mod storage;
 pub mod trie;
 
-pub use self::core::{Broker, BrokerConfig, BrokerStats, ConnectionId, SharedPolicy};
+pub use self::core::admin::{ClientSummary, PublishReport, SubscriptionSummary};
+pub use self::core::{Broker, BrokerConfig, BrokerStats, ConnectionId, DropTally, SharedPolicy};
 pub use hooks::{AllowAll, AuthDecision, ClientInfo, Hooks, PeerIdentity, Verdict};
 pub use shard::{owner_shard, ShardMessage};
 pub use storage::{
