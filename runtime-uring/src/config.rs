@@ -157,6 +157,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Persistence: where sessions and retained messages are kept.
     pub store: crate::persistence::StoreConfig,
+    /// The HTTP API (`[http]`); off when absent.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 impl Default for Config {
@@ -174,6 +176,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             store: crate::persistence::StoreConfig::default(),
+            http: None,
         }
     }
 }
@@ -246,6 +249,9 @@ impl Config {
             return Err(String::from(
                 "limits.max_inflight_messages: must be at least 1",
             ));
+        }
+        if let Some(http) = &self.http {
+            http.validate()?;
         }
         if self.limits.receive_maximum == 0 {
             return Err(String::from("limits.receive_maximum: must be at least 1"));

@@ -39,6 +39,7 @@
 mod auth;
 pub mod config;
 mod hooks;
+pub mod http;
 mod limits;
 pub mod passwd;
 pub mod persistence;
@@ -168,12 +169,17 @@ impl Server {
                 })?;
             threads.push(thread);
         }
+        let http = match &shared.config.http {
+            Some(config) => Some(http::HttpServer::start(shared.clone(), config)?),
+            None => None,
+        };
         Ok(RunningServer {
             addrs,
             shared,
             threads,
             watcher,
             persistence,
+            http,
         })
     }
 }
@@ -195,9 +201,15 @@ pub struct RunningServer {
     threads: Vec<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
     persistence: persistence::Persistence,
+    http: Option<http::HttpServer>,
 }
 
 impl RunningServer {
+    /// The address of the HTTP API, when `[http]` is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(http::HttpServer::local_addr)
+    }
+
     /// Reads the password file and the ACL file again (the broker does this on SIGHUP, and
     /// by itself within a second of a file changing). On an error, which names the file
     /// and the line, the rules in force stay as they were.
@@ -249,6 +261,9 @@ impl RunningServer {
 
     /// Stops gracefully: no new connections, DISCONNECT 0x8B to 5.0 clients, flush, stop.
     pub fn shutdown(self) {
+        if let Some(http) = self.http {
+            http.stop();
+        }
         for worker in 0..self.threads.len() {
             self.shared.send(worker, WorkerMessage::Shutdown);
         }

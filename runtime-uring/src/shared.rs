@@ -14,6 +14,10 @@ use crate::hooks::Tap;
 use crate::transport::certs::TlsAcceptor;
 use crate::transport::Handover;
 
+/// Work the HTTP API hands a shard: it runs on the worker's thread with the shard and the
+/// current time, and sends its answer back through a channel of its own.
+pub(crate) type AdminJob = Box<dyn FnOnce(&mut petrel_state::broker::Broker, Instant) + Send>;
+
 /// A message to a worker.
 pub(crate) enum WorkerMessage {
     /// From another shard of the broker.
@@ -34,6 +38,8 @@ pub(crate) enum WorkerMessage {
     Fence { from: usize, token: u64 },
     /// A shard answered a fence of this shard's batch `token`.
     FenceAnswered(u64),
+    /// An operator's question or command (the HTTP API), run on the worker's shard.
+    Admin(AdminJob),
     /// Stop.
     Shutdown,
 }

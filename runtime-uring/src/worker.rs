@@ -554,6 +554,11 @@ impl Worker {
                     self.durable.borrow_mut().fence_answered(token);
                     self.release();
                 }
+                WorkerMessage::Admin(job) => {
+                    let now = self.now();
+                    job(&mut self.broker.borrow_mut(), now);
+                    self.after_input();
+                }
                 WorkerMessage::Shutdown => {
                     self.shutdown(&mut inbox).await;
                     return;
