@@ -62,6 +62,26 @@ pub fn has_wildcard(filter: &str) -> bool {
     crate::wire::contains_either(filter.as_bytes(), b'+', b'#')
 }
 
+/// Whether topic name `topic` matches `filter`, level by level on `/`, with the `$` rule:
+/// a filter that starts with a wildcard matches no topic that starts with `$`
+/// [MQTT-4.7.2-1]. Both are taken as valid; nothing is checked here.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// A `$share/{group}/{filter}` subscription split into its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -96,6 +116,17 @@ impl<'a> SharedFilter<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn matching_follows_the_specification() {
+        assert!(super::matches("sport/#", "sport"));
+        assert!(super::matches("sport/+", "sport/"));
+        assert!(!super::matches("sport/+", "sport"));
+        assert!(super::matches("+/+", "/finance"));
+        assert!(!super::matches("#", "$SYS/x"));
+        assert!(super::matches("$SYS/#", "$SYS/x"));
+        assert!(super::matches("é/+", "é/x"));
+    }
+
     use super::*;
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use petrel_codec::topic::matches;
 use petrel_codec::{ReasonCode, SubscriptionOptions};
 use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
 use petrel_state::message::Message;
@@ -47,7 +48,7 @@ impl RuntimeHooks {
         let shared = Arc::new(message.clone());
         // A tap whose receiver is gone is removed.
         taps.retain(|tap| {
-            !topic_matches(&tap.filter, &message.topic) || tap.sender.send(shared.clone()).is_ok()
+            !matches(&tap.filter, &message.topic) || tap.sender.send(shared.clone()).is_ok()
         });
         self.shared.tap_count.store(taps.len(), Ordering::Release);
     }
@@ -245,38 +246,9 @@ impl Hooks for RuntimeHooks {
     }
 }
 
-/// Whether `topic` matches `filter`, level by level, with the `$` rule [MQTT-4.7.2-1].
-pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut filter_levels = filter.split('/');
-    let mut topic_levels = topic.split('/');
-    loop {
-        match (filter_levels.next(), topic_levels.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(f), Some(t)) if f == t => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn matching_follows_the_specification() {
-        assert!(topic_matches("sport/#", "sport"));
-        assert!(topic_matches("sport/+", "sport/"));
-        assert!(!topic_matches("sport/+", "sport"));
-        assert!(topic_matches("+/+", "/finance"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(topic_matches("$SYS/#", "$SYS/x"));
-        assert!(topic_matches("é/+", "é/x"));
-    }
 
     #[test]
     fn loopback_is_local() {
