@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use petrel_auth::acl::{Acl, Subject};
 use petrel_auth::password::PasswordFile;
 use petrel_state::broker::ClientInfo;
+use petrel_state::server::ConnectRequest;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -206,6 +207,36 @@ impl AccessView {
 
     pub(crate) fn stats(&self) -> &AuthStats {
         &self.access.stats
+    }
+
+    /// Whether a CONNECT's credentials pass the password file: yes without a file, without
+    /// a user name, or when the verified client certificate names the user; otherwise the
+    /// password must verify, and a refusal is counted. An unknown user and a wrong password
+    /// get the same answer, in the same time.
+    pub(crate) fn credentials_pass(
+        &mut self,
+        client: &ClientInfo<'_>,
+        request: &ConnectRequest,
+    ) -> bool {
+        let Some(username) = &request.username else {
+            return true;
+        };
+        // A user name the verified client certificate gives needs no password.
+        if client
+            .identity
+            .is_some_and(|subject| crate::transport::certs::certificate_names(subject, username))
+        {
+            return true;
+        }
+        let Some(passwords) = &self.current().passwords else {
+            return true;
+        };
+        let password = request.password.as_deref().unwrap_or_default();
+        if passwords.verify(username, password) {
+            return true;
+        }
+        self.stats().bad_credentials.fetch_add(1, Ordering::Relaxed);
+        false
     }
 }
 

@@ -81,30 +81,13 @@ impl Hooks for RuntimeHooks {
                 return AuthDecision::Reject(ReasonCode::NotAuthorized);
             }
         }
-        // A user name the verified client certificate gives needs no password.
-        let proven = match (client.identity, &request.username) {
-            (Some(subject), Some(username)) => {
-                crate::transport::certs::certificate_names(subject, username)
-            }
-            _ => false,
-        };
-        if let (Some(username), Some(passwords), false) =
-            (&request.username, &self.access.current().passwords, proven)
-        {
-            let password = request.password.as_deref().unwrap_or_default();
-            // An unknown user and a wrong password get the same answer, in the same time.
-            if !passwords.verify(username, password) {
-                self.access
-                    .stats()
-                    .bad_credentials
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(
-                    client_id = client.client_id,
-                    remote = client.remote.unwrap_or("-"),
-                    "refused: bad user name or password"
-                );
-                return AuthDecision::Reject(ReasonCode::BadUserNameOrPassword);
-            }
+        if !self.access.credentials_pass(client, request) {
+            info!(
+                client_id = client.client_id,
+                remote = client.remote.unwrap_or("-"),
+                "refused: bad user name or password"
+            );
+            return AuthDecision::Reject(ReasonCode::BadUserNameOrPassword);
         }
         match self.user.as_mut() {
             Some(user) => user.on_connect(client, request),

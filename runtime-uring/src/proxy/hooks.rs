@@ -4,7 +4,6 @@
 //! The ACL speaks of the topics the device sees: a publish or a subscription is checked
 //! before the tenant prefix goes on, a delivery after it comes off.
 
-use std::sync::atomic::Ordering;
 
 use petrel_codec::{ReasonCode, SubscriptionOptions};
 use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
@@ -27,28 +26,12 @@ impl Hooks for ProxyHooks {
             info!(client_id = client.client_id, "refused: {decision:?}");
             return decision;
         }
-        // A user name the verified client certificate gives needs no password.
-        let proven = match (client.identity, &request.username) {
-            (Some(subject), Some(username)) => {
-                crate::transport::certs::certificate_names(subject, username)
-            }
-            _ => false,
-        };
-        if let (Some(username), Some(passwords), false) =
-            (&request.username, &self.access.current().passwords, proven)
-        {
-            let password = request.password.as_deref().unwrap_or_default();
-            if !passwords.verify(username, password) {
-                self.access
-                    .stats()
-                    .bad_credentials
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(
-                    client_id = client.client_id,
-                    "refused: bad user name or password"
-                );
-                return AuthDecision::Reject(ReasonCode::BadUserNameOrPassword);
-            }
+        if !self.access.credentials_pass(client, request) {
+            info!(
+                client_id = client.client_id,
+                "refused: bad user name or password"
+            );
+            return AuthDecision::Reject(ReasonCode::BadUserNameOrPassword);
         }
         decision
     }
