@@ -4,7 +4,6 @@
 //! The ACL speaks of the topics the device sees: a publish or a subscription is checked
 //! before the tenant prefix goes on, a delivery after it comes off.
 
-
 use petrel_codec::{ReasonCode, SubscriptionOptions};
 use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
 use petrel_state::message::Message;
