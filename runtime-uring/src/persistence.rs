@@ -2,16 +2,15 @@
 //! restoring what it holds, and the committer that tells each worker which of its batches
 //! are durable (through the worker's inbox, so `storage_committed` runs on the worker).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use petrel_state::broker::{owner_shard, NoStorage, Storage, StoredState};
 use petrel_store::{
-    Backend, Clock, CommitListener, CommitSettings, Committer, EmbeddedStore, RedisStore,
-    StoreError,
+    Backend, BatchTokens, Clock, CommitListener, CommitSettings, Committer, EmbeddedStore,
+    RedisStore, StoreError,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -165,7 +164,7 @@ impl Persistence {
         match &self.committer {
             Some(committer) => {
                 let storage = committer.shard(index);
-                let durable = Durable::new(Some(storage.issued()));
+                let durable = Durable::new(Some(storage.tokens() as Arc<dyn TokenSource>));
                 (Box::new(storage), state, durable)
             }
             None => (Box::new(NoStorage), state, Durable::new(None)),
@@ -206,42 +205,72 @@ impl CommitListener for InboxListener {
 /// A publish routed to subscribers on another shard is stored there, by that shard's own
 /// batch. The publisher's acknowledgement must wait for that batch too, or a crash between
 /// the two commits would lose a message the publisher was told is safe. So after an input
-/// that forwarded messages, the worker sends each target shard a fence behind them (the
-/// inbox is FIFO); the target answers once the batch holding what it did with them is
-/// durable. A batch is released (`storage_committed`) once it is durable and its fences are
-/// answered, in token order.
+/// that forwarded acknowledged (QoS 1/2) messages, the worker sends each target shard a
+/// fence behind them (the inbox is FIFO); the target answers once the batch holding what it
+/// did with them is durable. A batch is released (`storage_committed`) once it is durable
+/// and its fences are answered, in token order.
+///
+/// An input that forwarded such messages but changed nothing here gets an *empty* batch
+/// (a token the committer never sees): it waits for the fences only, not for a disk, so a
+/// broker whose clients keep no sessions pays one inbox round trip per forwarding input,
+/// not a commit.
 #[derive(Debug, Default)]
 pub(crate) struct Durable {
-    /// The last token this shard's store handed out; `None` without a store.
-    issued: Option<Arc<AtomicU64>>,
+    /// The tokens this shard's store hands out; `None` without a store.
+    tokens: Option<Arc<dyn TokenSource>>,
     /// Every batch up to here is durable.
     durable: u64,
     /// Every batch up to here is released to the broker.
     released: u64,
     /// Own batches waiting for other shards: token → fences unanswered.
     waiting: BTreeMap<u64, u32>,
+    /// Own empty batches not yet released: durable once those before them are.
+    empty: BTreeSet<u64>,
     /// Fences owed to others once an own batch is durable: (own token, shard, their token).
     owed: Vec<(u64, usize, u64)>,
 }
 
+/// Where a [`Durable`] reads the tokens its store handed out.
+pub(crate) trait TokenSource: std::fmt::Debug + Send + Sync {
+    /// The last token handed out.
+    fn issued(&self) -> u64;
+    /// The last token of a batch sent to the committer; later ones are empty.
+    fn sent(&self) -> u64;
+}
+
+impl TokenSource for BatchTokens {
+    fn issued(&self) -> u64 {
+        BatchTokens::issued(self)
+    }
+
+    fn sent(&self) -> u64 {
+        BatchTokens::sent(self)
+    }
+}
+
 impl Durable {
-    pub(crate) fn new(issued: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn new(tokens: Option<Arc<dyn TokenSource>>) -> Self {
         Durable {
-            issued,
+            tokens,
             ..Durable::default()
         }
     }
 
     fn issued_token(&self) -> u64 {
-        self.issued
-            .as_ref()
-            .map_or(0, |issued| issued.load(Ordering::Relaxed))
+        self.tokens.as_ref().map_or(0, |tokens| tokens.issued())
     }
 
-    /// An input sent messages to `targets`: the fences to send after them, as
-    /// `(target, token)`.
+    fn sent_token(&self) -> u64 {
+        self.tokens.as_ref().map_or(0, |tokens| tokens.sent())
+    }
+
+    /// Called after every input, with the shards it sent acknowledged messages to: the
+    /// fences to send after them, as `(target, token)`.
     pub(crate) fn forwarded(&mut self, targets: &[usize]) -> Vec<(usize, u64)> {
         let token = self.issued_token();
+        if token > self.released && token > self.sent_token() {
+            self.empty.insert(token);
+        }
         if targets.is_empty() || token <= self.released {
             return Vec::new();
         }
@@ -250,9 +279,10 @@ impl Durable {
     }
 
     /// Shard `from` asks to hear once what this shard did with its messages is durable:
-    /// the answer now (`Some`), or later from [`Durable::committed`].
+    /// the answer now (`Some`), or later from [`Durable::committed`]. What it did is in the
+    /// batches sent to the committer; an empty batch holds nothing to wait for.
     pub(crate) fn fence(&mut self, from: usize, token: u64) -> Option<(usize, u64)> {
-        let own = self.issued_token();
+        let own = self.sent_token();
         if own <= self.durable {
             Some((from, token))
         } else {
@@ -292,8 +322,14 @@ impl Durable {
     pub(crate) fn releasable(&mut self) -> std::ops::RangeInclusive<u64> {
         let from = self.released + 1;
         let mut to = self.released;
-        while to < self.durable && !self.waiting.contains_key(&(to + 1)) {
-            to += 1;
+        loop {
+            let next = to + 1;
+            let durable = next <= self.durable || self.empty.contains(&next);
+            if !durable || self.waiting.contains_key(&next) {
+                break;
+            }
+            self.empty.remove(&next);
+            to = next;
         }
         self.released = to;
         from..=to
@@ -303,14 +339,52 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Tokens set by the test, as the store would hand them out.
+    #[derive(Debug, Default)]
+    struct Tokens {
+        issued: AtomicU64,
+        sent: AtomicU64,
+    }
+
+    impl TokenSource for Tokens {
+        fn issued(&self) -> u64 {
+            self.issued.load(Ordering::Relaxed)
+        }
+
+        fn sent(&self) -> u64 {
+            self.sent.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Tokens {
+        /// A batch with changes, sent to the committer.
+        fn batch(&self) -> u64 {
+            let token = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+            self.sent.store(token, Ordering::Relaxed);
+            token
+        }
+
+        /// An input that changed nothing here but forwarded acknowledged messages.
+        fn empty(&self) -> u64 {
+            self.issued.fetch_add(1, Ordering::Relaxed) + 1
+        }
+    }
+
+    fn durable() -> (Arc<Tokens>, Durable) {
+        let tokens = Arc::new(Tokens::default());
+        let d = Durable::new(Some(tokens.clone() as Arc<dyn TokenSource>));
+        (tokens, d)
+    }
 
     #[test]
     fn a_batch_waits_for_its_fences_and_releases_in_order() {
-        let issued = Arc::new(AtomicU64::new(0));
-        let mut d = Durable::new(Some(issued.clone()));
-        issued.store(1, Ordering::Relaxed);
+        let (tokens, mut d) = durable();
+        tokens.batch();
         assert_eq!(d.forwarded(&[1, 2]), vec![(1, 1), (2, 1)]);
-        issued.store(2, Ordering::Relaxed);
+        tokens.batch();
+        assert!(d.forwarded(&[]).is_empty());
         assert!(d.committed(2).is_empty());
         assert!(
             d.releasable().is_empty(),
@@ -324,11 +398,51 @@ mod tests {
 
     #[test]
     fn a_fence_is_answered_once_the_own_batch_is_durable() {
-        let issued = Arc::new(AtomicU64::new(3));
-        let mut d = Durable::new(Some(issued));
+        let (tokens, mut d) = durable();
+        tokens.batch();
+        tokens.batch();
+        tokens.batch();
         assert_eq!(d.fence(0, 9), None);
         assert!(d.committed(2).is_empty());
         assert_eq!(d.committed(3), vec![(0, 9)]);
         assert_eq!(d.fence(1, 4), Some((1, 4)), "nothing pending: at once");
+    }
+
+    #[test]
+    fn an_empty_batch_waits_for_its_fences_only() {
+        let (tokens, mut d) = durable();
+        let token = tokens.empty();
+        assert_eq!(d.forwarded(&[1]), vec![(1, token)]);
+        assert!(d.releasable().is_empty(), "the fence is not answered yet");
+        d.fence_answered(token);
+        assert_eq!(d.releasable(), token..=token, "no commit needed");
+    }
+
+    #[test]
+    fn an_empty_batch_after_a_written_one_waits_for_that_commit() {
+        let (tokens, mut d) = durable();
+        let written = tokens.batch();
+        assert!(d.forwarded(&[]).is_empty());
+        let empty = tokens.empty();
+        assert_eq!(d.forwarded(&[1]), vec![(1, empty)]);
+        d.fence_answered(empty);
+        assert!(
+            d.releasable().is_empty(),
+            "the written batch is not durable"
+        );
+        assert!(d.committed(written).is_empty());
+        assert_eq!(d.releasable(), written..=empty);
+    }
+
+    #[test]
+    fn an_empty_batch_does_not_hold_back_fences_asked_of_this_shard() {
+        let (tokens, mut d) = durable();
+        tokens.empty();
+        assert!(d.forwarded(&[1]).len() == 1);
+        assert_eq!(
+            d.fence(1, 7),
+            Some((1, 7)),
+            "nothing of this shard's is waiting for a disk"
+        );
     }
 }

@@ -446,10 +446,11 @@ impl Worker {
                 broker.release(id);
             }
         }
+        // The shards whose store may hold what this input's acknowledgements wait for.
         let mut targets: Vec<usize> = Vec::new();
         while let Some((shard, message)) = broker.poll_shard_message() {
             let shard = usize::from(shard);
-            if !targets.contains(&shard) {
+            if message.awaits_durability() && !targets.contains(&shard) {
                 targets.push(shard);
             }
             self.shared.send(shard, WorkerMessage::Shard(message));

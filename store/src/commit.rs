@@ -80,7 +80,7 @@ impl Committer {
             clock: self.clock,
             durable: self.settings.durable,
             ops: Vec::new(),
-            issued: Arc::new(AtomicU64::new(0)),
+            tokens: Arc::new(BatchTokens::default()),
             sender: self.sender.clone(),
         }
     }
@@ -163,25 +163,56 @@ pub struct ShardStorage {
     clock: Clock,
     durable: bool,
     ops: Vec<Op>,
-    /// The last token handed out; the runtime reads it to know which batch an input's
-    /// forwarded messages belong to.
-    issued: Arc<AtomicU64>,
+    tokens: Arc<BatchTokens>,
     sender: Option<Sender<Batch>>,
 }
 
+/// The tokens a shard's store has handed out, readable from the worker that owns the broker.
+///
+/// A token is handed out for every input whose changes must be durable before its
+/// acknowledgements go out, and also for an input that changed nothing here but forwarded
+/// acknowledged messages to other shards: its acknowledgements wait for those shards
+/// (the runtime's fences), not for a disk. Such an *empty* batch is never sent to the
+/// committer, so a token above [`BatchTokens::sent`] is empty and durable as soon as the
+/// batches before it are.
+#[derive(Debug, Default)]
+pub struct BatchTokens {
+    issued: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl BatchTokens {
+    /// The last token handed out.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
+    }
+
+    /// The last token of a batch sent to the committer (every later one is empty).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
 impl ShardStorage {
-    /// The last token this store handed out, readable from the worker that owns the broker.
-    pub fn issued(&self) -> Arc<AtomicU64> {
-        self.issued.clone()
+    /// The tokens this store hands out, readable from the worker that owns the broker.
+    pub fn tokens(&self) -> Arc<BatchTokens> {
+        self.tokens.clone()
     }
 
     fn send(&mut self, forwarded: bool) -> Durability {
-        if self.ops.is_empty() && !(forwarded && self.durable) {
+        if self.ops.is_empty() {
+            if forwarded && self.durable {
+                // Nothing to write: the acknowledgements wait for the other shards only.
+                let token = self.tokens.issued.fetch_add(1, Ordering::Relaxed) + 1;
+                return Durability::Pending(token);
+            }
             return Durability::Durable;
         }
         let ops = std::mem::take(&mut self.ops);
         let token = if self.durable {
-            self.issued.fetch_add(1, Ordering::Relaxed) + 1
+            let token = self.tokens.issued.fetch_add(1, Ordering::Relaxed) + 1;
+            self.tokens.sent.store(token, Ordering::Relaxed);
+            token
         } else {
             0
         };

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use petrel_state::broker::StoredState;
 
 pub use backend::{Backend, Op, RawState, StoreError};
-pub use commit::{CommitListener, CommitSettings, Committer, ShardStorage};
+pub use commit::{BatchTokens, CommitListener, CommitSettings, Committer, ShardStorage};
 pub use embedded::EmbeddedStore;
 pub use record::{Clock, RecordError};
 pub use redis_store::RedisStore;

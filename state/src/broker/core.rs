@@ -1920,7 +1920,10 @@ impl Broker {
         let conns = self.touched_conns.take_sorted();
         // Messages for other shards leave after this input: a store shared by the shards
         // may hold the acknowledgements until those shards have stored their copies.
-        let forwarded = !self.shard_out.is_empty();
+        let forwarded = self
+            .shard_out
+            .iter()
+            .any(|(_, message)| message.awaits_durability());
         match self.storage.commit_forwarding(forwarded) {
             Durability::Durable => {
                 self.touched_conns.extend(conns);

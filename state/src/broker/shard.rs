@@ -65,6 +65,23 @@ pub enum ShardMessage {
     },
 }
 
+impl ShardMessage {
+    /// Whether the target may store what it does with this message (a QoS 1 or 2 publish
+    /// for its sessions), so that acknowledging the publish waits for the target's store.
+    /// Subscription changes, retained copies and QoS 0 messages need no such wait: each is
+    /// stored by its own shard, or not at all.
+    pub fn awaits_durability(&self) -> bool {
+        match self {
+            ShardMessage::Publish(message) | ShardMessage::SharedDeliver { message, .. } => {
+                message.qos != petrel_codec::QoS::AtMostOnce
+            }
+            ShardMessage::Interest { .. }
+            | ShardMessage::SharedMember { .. }
+            | ShardMessage::Retained { .. } => false,
+        }
+    }
+}
+
 /// The shard that owns the session of `client_id` among `shard_count` shards.
 ///
 /// FNV-1a: stable across runs and platforms (a restart must find sessions where it left
