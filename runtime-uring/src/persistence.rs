@@ -10,7 +10,7 @@ use std::time::Duration;
 use petrel_state::broker::{owner_shard, NoStorage, Storage, StoredState};
 use petrel_store::{
     Backend, BatchTokens, Clock, CommitListener, CommitSettings, Committer, EmbeddedStore,
-    RedisStore, StoreError,
+    FjallStore, RedisStore, StoreError,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,6 +26,8 @@ pub enum StoreKind {
     /// A redb file in the data directory (`petrel.redb`).
     #[default]
     Embedded,
+    /// A fjall keyspace in the data directory (`petrel.fjall/`).
+    Fjall,
     /// A Redis server (`redis_url`).
     Redis,
     /// Nowhere: state lives and dies with the process.
@@ -109,6 +111,7 @@ impl Persistence {
                 })
             }
             StoreKind::Embedded => Box::new(EmbeddedStore::open(&config.data_dir).map_err(other)?),
+            StoreKind::Fjall => Box::new(FjallStore::open(&config.data_dir).map_err(other)?),
             StoreKind::Redis => {
                 Box::new(RedisStore::open(&store.redis_url, &store.redis_prefix).map_err(other)?)
             }
@@ -322,9 +325,13 @@ impl Durable {
     pub(crate) fn releasable(&mut self) -> std::ops::RangeInclusive<u64> {
         let from = self.released + 1;
         let mut to = self.released;
+        let sent = self.sent_token();
         loop {
             let next = to + 1;
-            let durable = next <= self.durable || self.empty.contains(&next);
+            // Every token above the last one sent is empty: durable once that one is.
+            let durable = next <= self.durable
+                || self.empty.contains(&next)
+                || (next > sent && self.durable >= sent && next <= self.issued_token());
             if !durable || self.waiting.contains_key(&next) {
                 break;
             }
@@ -432,6 +439,17 @@ mod tests {
         );
         assert!(d.committed(written).is_empty());
         assert_eq!(d.releasable(), written..=empty);
+    }
+
+    #[test]
+    fn empty_batches_above_the_last_sent_one_follow_it() {
+        let (tokens, mut d) = durable();
+        let written = tokens.batch();
+        tokens.empty();
+        let last = tokens.empty();
+        assert!(d.releasable().is_empty());
+        assert!(d.committed(written).is_empty());
+        assert_eq!(d.releasable(), written..=last);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 pub mod backend;
 pub mod commit;
 pub mod embedded;
+#[cfg(feature = "fjall")]
+pub mod fjall_store;
 pub mod record;
 pub mod redis_store;
 
@@ -26,6 +28,8 @@ use petrel_state::broker::StoredState;
 pub use backend::{Backend, Op, RawState, StoreError};
 pub use commit::{BatchTokens, CommitListener, CommitSettings, Committer, ShardStorage};
 pub use embedded::EmbeddedStore;
+#[cfg(feature = "fjall")]
+pub use fjall_store::FjallStore;
 pub use record::{Clock, RecordError};
 pub use redis_store::RedisStore;
 
