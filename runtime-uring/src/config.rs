@@ -159,6 +159,8 @@ pub struct Config {
     pub store: crate::persistence::StoreConfig,
     /// The HTTP API (`[http]`); off when absent.
     pub http: Option<crate::http::HttpConfig>,
+    /// Bridges to other systems (`[[bridge.mqtt]]`).
+    pub bridge: crate::bridge::BridgeConfig,
 }
 
 impl Default for Config {
@@ -177,6 +179,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             store: crate::persistence::StoreConfig::default(),
             http: None,
+            bridge: crate::bridge::BridgeConfig::default(),
         }
     }
 }

@@ -37,6 +37,7 @@
 //! [tokio-uring]: https://docs.rs/tokio-uring
 
 mod auth;
+pub mod bridge;
 pub mod config;
 mod hooks;
 pub mod http;
@@ -130,6 +131,7 @@ impl Server {
             None
         };
         let shared_limits = limits::Limits::new(&self.config.limits);
+        let mqtt_bridges = bridge::mqtt::stats_for(&self.config.bridge.mqtt);
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,
@@ -143,6 +145,7 @@ impl Server {
             access,
             limits: shared_limits,
             tls,
+            mqtt_bridges,
         });
         transport::certs::watch(Arc::downgrade(&shared));
         let mut persistence =
@@ -173,6 +176,7 @@ impl Server {
             Some(config) => Some(http::HttpServer::start(shared.clone(), config)?),
             None => None,
         };
+        let bridges = bridge::mqtt::Bridges::start(&shared)?;
         Ok(RunningServer {
             addrs,
             shared,
@@ -180,6 +184,7 @@ impl Server {
             watcher,
             persistence,
             http,
+            bridges,
         })
     }
 }
@@ -202,6 +207,7 @@ pub struct RunningServer {
     watcher: Option<JoinHandle<()>>,
     persistence: persistence::Persistence,
     http: Option<http::HttpServer>,
+    bridges: Option<bridge::mqtt::Bridges>,
 }
 
 impl RunningServer {
@@ -263,6 +269,10 @@ impl RunningServer {
     pub fn shutdown(self) {
         if let Some(http) = self.http {
             http.stop();
+        }
+        // Before the workers: the bridges' last messages still reach a shard.
+        if let Some(bridges) = self.bridges {
+            bridges.stop();
         }
         for worker in 0..self.threads.len() {
             self.shared.send(worker, WorkerMessage::Shutdown);

@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     pub(crate) limits: crate::limits::Limits,
     /// Every TLS listener's certificates, for reloads.
     pub(crate) tls: Vec<Arc<TlsAcceptor>>,
+    /// Each `[[bridge.mqtt]]`'s figures, in configuration order.
+    pub(crate) mqtt_bridges: Vec<Arc<crate::bridge::mqtt::BridgeStats>>,
 }
 
 impl Shared {

@@ -101,6 +101,7 @@ impl SysReporter {
                 message.retain = true;
                 message
             })
+            .chain(crate::bridge::mqtt::sys_messages(&self.shared))
             .collect()
     }
 }

@@ -149,6 +149,9 @@ pub(super) fn render(shared: &Shared) -> Option<String> {
         "Bytes waiting in session queues.",
         &one(sum(&|r| r.queued_bytes)),
     );
+    for (name, kind, help, samples) in crate::bridge::mqtt::metric_families(&shared.mqtt_bridges) {
+        metric(name, kind, help, &samples);
+    }
     metric(
         "uptime_seconds",
         "gauge",
