@@ -40,7 +40,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\n",
+                 persistence_location {}/\nautosave_interval 1\n",
                 dir.display()
             ),
         )
@@ -64,10 +64,14 @@ impl Mosquitto {
 
     /// SIGTERM: mosquitto saves its sessions and exits.
     fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("-TERM");
         let _ = self.child.wait();
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
     }
 }
 
@@ -375,4 +379,48 @@ fn bad_bridge_config_names_the_key_and_line() {
         err.contains("line 4") && err.contains("filter = \"b\"") && err.contains("qos"),
         "{err}"
     );
+}
+
+#[test]
+fn in_flight_qos1_is_sent_again_when_the_remote_comes_back() {
+    let dir = scratch_dir("bridge-inflight");
+    let mut remote = Mosquitto::start(&dir);
+    let away = ["-i", "bridge-inflight-sub", "-c", "-q", "1", "-t", "q/#"];
+    Sub::start_on(remote.port, &[&away[..], &["-E"]].concat()).lines();
+    let petrel = petrel(
+        &remote,
+        "protocol = \"5.0\"\ntopics = [{ filter = \"q/#\", qos = 1 }]",
+        "[http]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let url = http_url(&petrel);
+    // mosquitto saves every second: then both sessions (ours and the subscriber's) are on
+    // disk.
+    std::thread::sleep(Duration::from_millis(2500));
+    // A remote broker that takes the message and never answers...
+    remote.signal("-STOP");
+    publish(&petrel, &["-t", "q/inflight", "-q", "1", "-m", "once"]);
+    wait_until("the message in flight", || {
+        metrics(&url, "petrel_bridge_inflight{") == ["petrel_bridge_inflight{bridge=\"up\"} 1"]
+    });
+    // ...then dies without saving it.
+    remote.signal("-KILL");
+    let _ = remote.child.wait();
+    wait_until("the bridge to notice", || {
+        petrel.log().contains("bridge connection lost")
+    });
+    let _remote = Mosquitto::start_on(&dir, remote.port);
+    wait_until("the bridge to reconnect", || connects(&petrel) == 2);
+    assert!(
+        petrel.log().contains("session_present=true"),
+        "the remote broker kept the bridge's session\n{}",
+        petrel.log()
+    );
+    let back = Sub::start_on(
+        remote.port,
+        &[&away[..], &["-v", "-C", "1", "-W", "10"]].concat(),
+    );
+    assert_eq!(back.lines(), ["q/inflight once"], "{}", petrel.log());
+    wait_until("nothing in flight", || {
+        metrics(&url, "petrel_bridge_inflight{") == ["petrel_bridge_inflight{bridge=\"up\"} 0"]
+    });
 }
