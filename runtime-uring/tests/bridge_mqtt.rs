@@ -185,7 +185,7 @@ fn out_keeps_qos_and_swaps_prefixes_5_0() {
 fn in_arrives_with_the_local_prefix() {
     let dir = scratch_dir("bridge-in");
     let remote = Mosquitto::start(&dir);
-    let petrel = petrel(
+    let mut petrel = petrel(
         &remote,
         "protocol = \"5.0\"\ntopics = [{ filter = \"cmd/#\", direction = \"in\", qos = 1, \
          local_prefix = \"site/\", remote_prefix = \"plant/a/\" }]",
@@ -216,6 +216,11 @@ fn in_arrives_with_the_local_prefix() {
         "{}",
         petrel.log()
     );
+    // SIGTERM: the bridge says goodbye and the broker stops.
+    assert!(petrel.terminate().success());
+    wait_until("the bridge's goodbye in the log", || {
+        petrel.log().contains("bridge stopped")
+    });
 }
 
 fn both_does_not_loop(protocol: &str) {

@@ -12,6 +12,7 @@
 mod config;
 mod link;
 
+use std::future::Future;
 use std::io;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,7 +191,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut taps = Taps(Some(tap(&shared, &config)));
-    let mut link = Link::new(&config, stats);
+    let mut link = Link::new(&config, stats, shared.config.limits.max_packet_size);
     loop {
         let attempt = tokio::select! {
             attempt = connect(&config.address) => attempt,
@@ -248,6 +249,10 @@ async fn connect(address: &str) -> io::Result<TcpStream> {
 }
 
 /// One connection to the remote broker, from CONNECT until it ends or the bridge stops.
+///
+/// Reading, writing, local messages and time are served side by side: a remote broker that
+/// stops reading holds up neither the taps (their messages go on into the bounded queue)
+/// nor the keep-alive.
 async fn session(
     shared: &Shared,
     link: &mut Link<'_>,
@@ -258,43 +263,62 @@ async fn session(
     if let Err(e) = link.open(shared.now()) {
         return Ended::Lost(e.to_string());
     }
-    if let Err(e) = flush(shared, link, stream).await {
-        return Ended::Lost(e);
-    }
     let mut input = Vec::new();
-    // Kept across iterations, never dropped while posted: a read cancelled after the
-    // kernel filled it would lose those bytes.
-    let mut read = Box::pin(stream.read(Vec::with_capacity(IO_CHUNK)));
+    // Input the link cannot take until a write frees room for its acknowledgements: no
+    // more is read meanwhile, so a remote broker cannot make it grow.
+    let mut stalled = false;
+    // Posted reads and writes are kept across iterations and never dropped while posted
+    // (a read cancelled after the kernel filled it would lose those bytes).
+    let mut read = Some(Box::pin(stream.read(Vec::with_capacity(IO_CHUNK))));
+    let mut write = None;
+    let mut write_deadline = tokio::time::Instant::now();
     loop {
-        let deadline = match link.poll_timeout() {
+        publish_local(shared, link);
+        if write.is_none() {
+            let mut buf = vec![0u8; IO_CHUNK];
+            let n = link.poll_transmit(shared.now(), &mut buf);
+            if n > 0 {
+                buf.truncate(n);
+                write = Some(Box::pin(stream.write_all(buf)));
+                write_deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            }
+        }
+        let mut deadline = match link.poll_timeout() {
             Some(at) => shared.to_tokio(at),
             None => tokio::time::Instant::now() + Duration::from_secs(3600),
         };
+        if write.is_some() {
+            // A PINGREQ that found no room is due until the write ends: no busy loop.
+            deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(50));
+        }
         tokio::select! {
-            (result, mut buf) = &mut read => {
+            (result, mut buf) = finish(&mut read), if !stalled => {
                 match result {
                     Ok(0) => return Ended::Lost(String::from("closed by the remote broker")),
                     Err(e) => return Ended::Lost(e.to_string()),
                     Ok(n) => input.extend_from_slice(&buf[..n]),
                 }
-                loop {
-                    match link.received(shared.now(), &mut input) {
-                        Ok(Progress::NeedBytes) => break,
-                        Ok(Progress::Flush) => {
-                            if let Err(e) = flush(shared, link, stream).await {
-                                return Ended::Lost(e);
-                            }
-                        }
-                        Err(e) => {
-                            // A 5.0 DISCONNECT with the reason may be waiting.
-                            let _ = flush(shared, link, stream).await;
-                            publish_local(shared, link);
-                            return Ended::Lost(e);
-                        }
-                    }
+                match link.received(shared.now(), &mut input) {
+                    Ok(progress) => stalled = progress == Progress::Flush,
+                    Err(e) => return lost(shared, link, stream, write, e).await,
                 }
                 buf.clear();
-                read = Box::pin(stream.read(buf));
+                read = Some(Box::pin(stream.read(buf)));
+            }
+            (result, _) = finish(&mut write) => {
+                write = None;
+                if let Err(e) = result {
+                    return Ended::Lost(e.to_string());
+                }
+                if stalled {
+                    match link.received(shared.now(), &mut input) {
+                        Ok(progress) => stalled = progress == Progress::Flush,
+                        Err(e) => return lost(shared, link, stream, write, e).await,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(write_deadline), if write.is_some() => {
+                return Ended::Lost(String::from("write timed out"));
             }
             message = taps.next() => match message {
                 Some(message) => link.local(shared.now(), message),
@@ -302,19 +326,57 @@ async fn session(
             },
             _ = tokio::time::sleep_until(deadline) => {
                 if let Err(e) = link.timeout(shared.now()) {
-                    return Ended::Lost(e);
+                    return lost(shared, link, stream, write, e).await;
                 }
             }
             _ = stop.changed() => {
                 link.disconnect(shared.now());
-                let _ = flush(shared, link, stream).await;
+                finish_writes(shared, link, stream, write).await;
                 return Ended::Stopped;
             }
         }
-        publish_local(shared, link);
-        if let Err(e) = flush(shared, link, stream).await {
-            return Ended::Lost(e);
+    }
+}
+
+/// The connection failed for `reason`: what the link still has to say (a 5.0 DISCONNECT
+/// with the reason) goes out if it can.
+async fn lost<F>(
+    shared: &Shared,
+    link: &mut Link<'_>,
+    stream: &TcpStream,
+    write: Option<F>,
+    reason: String,
+) -> Ended
+where
+    F: Future<Output = tokio_uring::BufResult<(), Vec<u8>>> + Unpin,
+{
+    finish_writes(shared, link, stream, write).await;
+    Ended::Lost(reason)
+}
+
+/// Ends the write under way, then writes what is left, within the write timeout.
+async fn finish_writes<F>(
+    shared: &Shared,
+    link: &mut Link<'_>,
+    stream: &TcpStream,
+    write: Option<F>,
+) where
+    F: Future<Output = tokio_uring::BufResult<(), Vec<u8>>> + Unpin,
+{
+    let rest = async {
+        if let Some(write) = write {
+            write.await.0.map_err(|e| e.to_string())?;
         }
+        flush(shared, link, stream).await
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, rest).await;
+}
+
+/// The posted operation's result, or never if none is posted.
+async fn finish<F: Future + Unpin>(operation: &mut Option<F>) -> F::Output {
+    match operation {
+        Some(operation) => operation.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -327,10 +389,7 @@ async fn flush(shared: &Shared, link: &mut Link<'_>, stream: &TcpStream) -> Resu
             return Ok(());
         }
         buf.truncate(n);
-        let (result, _) = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf))
-            .await
-            .map_err(|_| String::from("write timed out"))?;
-        result.map_err(|e| e.to_string())?;
+        stream.write_all(buf).await.0.map_err(|e| e.to_string())?;
     }
 }
 

@@ -87,8 +87,13 @@ pub(crate) struct Link<'a> {
 }
 
 impl<'a> Link<'a> {
-    /// A link that is not connected yet.
-    pub(crate) fn new(config: &'a MqttBridgeConfig, stats: Arc<BridgeStats>) -> Self {
+    /// A link that is not connected yet, refusing remote packets over `max_packet_size`
+    /// bytes (the broker's own limit: a remote broker cannot make it buffer more).
+    pub(crate) fn new(
+        config: &'a MqttBridgeConfig,
+        stats: Arc<BridgeStats>,
+        max_packet_size: u32,
+    ) -> Self {
         let version = config.protocol.version();
         let persistent = config.protocol == Protocol::V5 && !config.clean_start;
         let options = ClientOptions {
@@ -96,6 +101,7 @@ impl<'a> Link<'a> {
             clean_start: config.clean_start,
             session_expiry_interval: if persistent { config.session_expiry } else { 0 },
             receive_maximum: INFLIGHT as u16,
+            max_packet_size,
             username: config.username.as_deref(),
             password: config.password.as_deref().map(str::as_bytes),
             ..ClientOptions::new(version, &config.client_id)
@@ -646,7 +652,7 @@ mod tests {
                 "",
             );
             let stats = stats();
-            let mut link = Link::new(&config, stats.clone());
+            let mut link = Link::new(&config, stats.clone(), 1 << 20);
             link.local(
                 Instant::ZERO,
                 message("site/sensors/a", b"2", QoS::ExactlyOnce),
@@ -686,7 +692,7 @@ mod tests {
         on_a_big_stack(|| {
             let config = config("3.1.1", "{ filter = \"#\", qos = 2 }", "max_queued = 2");
             let stats = stats();
-            let mut link = Link::new(&config, stats.clone());
+            let mut link = Link::new(&config, stats.clone(), 1 << 20);
             link.local(Instant::ZERO, message("a", b"0", QoS::AtMostOnce));
             link.local(Instant::ZERO, message("b", b"1", QoS::AtLeastOnce));
             // Full: a QoS 1 message takes the QoS 0 one's place...
@@ -714,7 +720,7 @@ mod tests {
                 "{ filter = \"a/#\", qos = 1 }, { filter = \"a/b\", qos = 0 }",
                 "",
             );
-            let mut link = Link::new(&config, stats());
+            let mut link = Link::new(&config, stats(), 1 << 20);
             let m = message("a/b", b"x", QoS::AtLeastOnce);
             // The broker hands the same message to each matching tap.
             link.local(Instant::ZERO, m.clone());
@@ -733,7 +739,7 @@ mod tests {
                 "",
             );
             let stats = stats();
-            let mut link = Link::new(&config, stats.clone());
+            let mut link = Link::new(&config, stats.clone(), 1 << 20);
             link.open(Instant::ZERO).unwrap();
             sent(&mut link, V5);
             feed(&mut link, V5, connack(false));
@@ -767,7 +773,7 @@ mod tests {
     fn over_3_1_1_the_remote_echo_is_dropped() {
         on_a_big_stack(|| {
             let config = config("3.1.1", "{ filter = \"x/#\", direction = \"both\" }", "");
-            let mut link = Link::new(&config, stats());
+            let mut link = Link::new(&config, stats(), 1 << 20);
             link.open(Instant::ZERO).unwrap();
             sent(&mut link, V311);
             feed(&mut link, V311, connack(false));
@@ -788,7 +794,7 @@ mod tests {
     fn in_flight_messages_survive_reconnects() {
         on_a_big_stack(|| {
             let config = config("3.1.1", "{ filter = \"#\", qos = 1 }", "");
-            let mut link = Link::new(&config, stats());
+            let mut link = Link::new(&config, stats(), 1 << 20);
             link.open(Instant::ZERO).unwrap();
             feed(&mut link, V311, connack(false));
             link.local(Instant::ZERO, message("a", b"1", QoS::AtLeastOnce));
@@ -822,7 +828,7 @@ mod tests {
                 "{ filter = \"#\" }",
                 "reconnect_min_ms = 100\nreconnect_max_ms = 350",
             );
-            let mut link = Link::new(&config, stats());
+            let mut link = Link::new(&config, stats(), 1 << 20);
             let delays: Vec<u64> = (0..4)
                 .map(|_| link.next_delay().as_millis() as u64)
                 .collect();
