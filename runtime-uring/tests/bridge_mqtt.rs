@@ -30,16 +30,26 @@ impl Mosquitto {
         Mosquitto::start_on(dir, port)
     }
 
+    /// With a `passwords` file in `dir` (mosquitto_passwd's), only its users may connect.
     fn start_on(dir: &Path, port: u16) -> Mosquitto {
         // Started as root, mosquitto drops to its own user, who must be able to save there.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
             .expect("open the directory to mosquitto's user");
+        let passwords = dir.join("passwords");
+        let access = if passwords.exists() {
+            format!(
+                "allow_anonymous false\npassword_file {}\n",
+                passwords.display()
+            )
+        } else {
+            String::from("allow_anonymous true\n")
+        };
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{access}persistence true\n\
                  persistence_location {}/\nautosave_interval 1\n",
                 dir.display()
             ),
@@ -428,4 +438,32 @@ fn in_flight_qos1_is_sent_again_when_the_remote_comes_back() {
     wait_until("nothing in flight", || {
         metrics(&url, "petrel_bridge_inflight{") == ["petrel_bridge_inflight{bridge=\"up\"} 0"]
     });
+}
+
+#[test]
+fn logs_in_with_a_username_and_password() {
+    let dir = scratch_dir("bridge-login");
+    let passwords = dir.join("passwords");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["site", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(made.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let remote = Mosquitto::start(&dir);
+    let petrel = petrel(
+        &remote,
+        "username = \"site\"\npassword = \"s3cret\"\ntopics = [{ filter = \"t/#\" }]",
+        "",
+    );
+    let login = ["-u", "site", "-P", "s3cret"];
+    let sub = Sub::start_on(
+        remote.port,
+        &[&login[..], &["-t", "t/#", "-C", "1", "-W", "10"]].concat(),
+    );
+    publish(&petrel, &["-t", "t/1", "-m", "in"]);
+    assert_eq!(sub.lines(), ["t/1 in"], "{}", petrel.log());
 }
