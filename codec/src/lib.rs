@@ -46,6 +46,9 @@
 //! - `std` (default): `std::error::Error` for the errors; turns on `bytes`.
 //! - `bytes`: [`Packet::encode_to_bytes`], appending to a `bytes::BytesMut` (needs a heap,
 //!   not `std`).
+//! - `v5` (default): MQTT 5.0 ([`ProtocolVersion::V5`], properties, reason codes on the
+//!   wire). Without it the codec speaks only MQTT 3.1.1: [`Properties`] is empty and takes
+//!   no room, and a 3.1.1 client on a microcontroller carries none of the 5.0 code.
 //! - `defmt`: `defmt::Format` for packets and errors, for logging on microcontrollers.
 #![no_std]
 #![forbid(unsafe_code)]

@@ -219,6 +219,13 @@ pub struct Auth<'a> {
 }
 
 /// An empty property set usable in `const` contexts.
+#[cfg(not(feature = "v5"))]
+pub const EMPTY_PROPERTIES: Properties<'static> = Properties {
+    borrow: core::marker::PhantomData,
+};
+
+/// An empty property set usable in `const` contexts.
+#[cfg(feature = "v5")]
 pub const EMPTY_PROPERTIES: Properties<'static> = Properties {
     payload_format_indicator: None,
     message_expiry_interval: None,
@@ -366,6 +373,7 @@ fn decode_connect(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
     }
     let version = match level {
         4 => ProtocolVersion::V311,
+        #[cfg(feature = "v5")]
         5 => ProtocolVersion::V5,
         other => return Err(DecodeError::UnsupportedProtocolVersion(other)),
     };
@@ -503,6 +511,7 @@ fn decode_publish(
         if !version.is_v5() {
             return Err(DecodeError::InvalidTopicName);
         }
+        #[cfg(feature = "v5")]
         if properties.topic_alias.is_none() {
             return Err(DecodeError::EmptyTopicWithoutAlias);
         }

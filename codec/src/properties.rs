@@ -1,14 +1,22 @@
 //! MQTT 5.0 properties (section 2.2.2): one struct for every packet, with the rules of which
 //! property may appear where, and how often, enforced on decode and on encode.
 
+#[cfg(feature = "v5")]
 use nom::bytes::complete::take;
+#[cfg(feature = "v5")]
 use nom::Parser;
 
 use crate::error::{DecodeError, EncodeError};
+#[cfg(feature = "v5")]
 use crate::list::{List, ListItem};
+#[cfg(feature = "v5")]
 use crate::topic::validate_topic_name;
-use crate::types::{PacketType, QoS};
-use crate::wire::{self, fail, PResult, Writer, VBI_MAX};
+use crate::types::PacketType;
+#[cfg(feature = "v5")]
+use crate::types::QoS;
+#[cfg(feature = "v5")]
+use crate::wire::VBI_MAX;
+use crate::wire::{self, fail, PResult, Writer};
 
 macro_rules! property_ids {
     ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
@@ -106,6 +114,7 @@ pub(crate) enum PropertyContext {
     Auth,
 }
 
+#[cfg(feature = "v5")]
 impl PropertyContext {
     fn packet_type(self) -> PacketType {
         match self {
@@ -187,6 +196,7 @@ pub struct SubscriptionId(pub u32);
 ///
 /// Over MQTT 3.1.1 there are no properties: the decoder leaves this empty and the encoder
 /// ignores it, which is what a broker forwarding a 5.0 message to a 3.1.1 client needs.
+#[cfg(feature = "v5")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Properties<'a> {
@@ -246,7 +256,68 @@ pub struct Properties<'a> {
     pub shared_subscription_available: Option<bool>,
 }
 
+/// The properties of one packet: none, since without the `v5` feature the codec speaks only
+/// MQTT 3.1.1, which has no properties. The type stays so that packets keep their shape; it
+/// takes no room, which keeps every `Packet` small on a microcontroller.
+#[cfg(not(feature = "v5"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Properties<'a> {
+    pub(crate) borrow: core::marker::PhantomData<&'a ()>,
+}
+
+#[cfg(all(not(feature = "v5"), feature = "defmt"))]
+impl defmt::Format for Properties<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "Properties")
+    }
+}
+
+/// Without the `v5` feature nothing calls these on a connection's packets (they are reached
+/// only when [`ProtocolVersion::is_v5`](crate::ProtocolVersion::is_v5) holds); they encode
+/// and accept only the empty block, which is all this build can express.
+#[cfg(not(feature = "v5"))]
+impl Properties<'_> {
+    /// Whether no property is set: always, in this build.
+    pub fn is_empty(&self) -> bool {
+        true
+    }
+
+    /// The first subscription identifier: never one, in this build.
+    pub fn subscription_identifier(&self) -> Option<SubscriptionId> {
+        None
+    }
+
+    /// The encoded size of the empty block: its zero length prefix.
+    pub(crate) fn encoded_len(&self, _context: PropertyContext) -> Result<usize, EncodeError> {
+        Ok(1)
+    }
+
+    /// Writes the empty block.
+    pub(crate) fn write(
+        &self,
+        w: &mut Writer<'_>,
+        _context: PropertyContext,
+    ) -> Result<(), EncodeError> {
+        w.u8(0)
+    }
+}
+
+/// Reads an empty property block; a property in it is one this build does not know.
+#[cfg(not(feature = "v5"))]
+pub(crate) fn decode_properties(
+    input: &[u8],
+    _context: PropertyContext,
+) -> PResult<'_, Properties<'_>> {
+    let (rest, len) = wire::vbi(input)?;
+    if len == 0 {
+        return Ok((rest, Properties::default()));
+    }
+    let (_, id) = wire::vbi(rest)?;
+    fail(DecodeError::UnknownProperty(id))
+}
+
 /// A property value as it stands on the wire.
+#[cfg(feature = "v5")]
 #[derive(Clone, Copy)]
 enum Value<'a> {
     Byte(u8),
@@ -258,6 +329,7 @@ enum Value<'a> {
     Pair(&'a str, &'a str),
 }
 
+#[cfg(feature = "v5")]
 impl Value<'_> {
     fn encoded_len(self) -> Result<usize, EncodeError> {
         Ok(match self {
@@ -293,6 +365,7 @@ impl Value<'_> {
 }
 
 /// Reads one property: its identifier, then a value of the identifier's type.
+#[cfg(feature = "v5")]
 fn read_property(input: &[u8]) -> PResult<'_, (PropertyId, Value<'_>)> {
     use PropertyId as P;
     let (input, raw_id) = wire::vbi(input)?;
@@ -333,6 +406,7 @@ fn read_property(input: &[u8]) -> PResult<'_, (PropertyId, Value<'_>)> {
     Ok((input, (id, value)))
 }
 
+#[cfg(feature = "v5")]
 fn boolean(id: PropertyId, value: u8) -> Result<bool, DecodeError> {
     match value {
         0 => Ok(false),
@@ -341,6 +415,7 @@ fn boolean(id: PropertyId, value: u8) -> Result<bool, DecodeError> {
     }
 }
 
+#[cfg(feature = "v5")]
 fn non_zero_u16(id: PropertyId, value: u16) -> Result<u16, DecodeError> {
     if value == 0 {
         return Err(DecodeError::InvalidPropertyValue(id));
@@ -350,6 +425,7 @@ fn non_zero_u16(id: PropertyId, value: u16) -> Result<u16, DecodeError> {
 
 /// Reads a property block (its length, then its properties) and checks every rule: known
 /// identifiers, allowed in this packet, at most once unless repeatable, and valid values.
+#[cfg(feature = "v5")]
 pub(crate) fn decode_properties(
     input: &[u8],
     context: PropertyContext,
@@ -362,6 +438,7 @@ pub(crate) fn decode_properties(
     }
 }
 
+#[cfg(feature = "v5")]
 fn parse_block(block: &[u8], context: PropertyContext) -> Result<Properties<'_>, DecodeError> {
     use PropertyId as P;
     let mut props = Properties::default();
@@ -468,6 +545,7 @@ fn parse_block(block: &[u8], context: PropertyContext) -> Result<Properties<'_>,
     Ok(props)
 }
 
+#[cfg(feature = "v5")]
 impl<'a> Properties<'a> {
     /// Whether no property is set.
     pub fn is_empty(&self) -> bool {
@@ -626,6 +704,7 @@ impl<'a> Properties<'a> {
 /// next `wanted` property; `None` at the end. User properties and subscription identifiers
 /// are found by walking the block again on each iteration, so the other properties are
 /// stepped over by their length rather than read (and their strings re-validated).
+#[cfg(feature = "v5")]
 fn seek(rest: &mut &[u8], wanted: PropertyId) -> Option<()> {
     use PropertyId as P;
     let field = |input: &[u8]| -> Option<usize> {
@@ -673,7 +752,9 @@ fn seek(rest: &mut &[u8], wanted: PropertyId) -> Option<()> {
     None
 }
 
+#[cfg(feature = "v5")]
 impl crate::list::sealed::Sealed for UserProperty<'_> {}
+#[cfg(feature = "v5")]
 impl<'a> ListItem<'a> for UserProperty<'a> {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
         seek(rest, PropertyId::UserProperty)?;
@@ -684,7 +765,9 @@ impl<'a> ListItem<'a> for UserProperty<'a> {
     }
 }
 
+#[cfg(feature = "v5")]
 impl crate::list::sealed::Sealed for SubscriptionId {}
+#[cfg(feature = "v5")]
 impl<'a> ListItem<'a> for SubscriptionId {
     fn read_next(rest: &mut &'a [u8]) -> Option<Self> {
         seek(rest, PropertyId::SubscriptionIdentifier)?;

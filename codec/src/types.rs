@@ -6,7 +6,8 @@
 pub enum ProtocolVersion {
     /// MQTT 3.1.1 (protocol level 4).
     V311,
-    /// MQTT 5.0 (protocol level 5).
+    /// MQTT 5.0 (protocol level 5); needs the `v5` feature.
+    #[cfg(feature = "v5")]
     V5,
 }
 
@@ -15,13 +16,18 @@ impl ProtocolVersion {
     pub const fn level(self) -> u8 {
         match self {
             ProtocolVersion::V311 => 4,
+            #[cfg(feature = "v5")]
             ProtocolVersion::V5 => 5,
         }
     }
 
-    /// Whether packets of this version carry properties and reason codes.
+    /// Whether packets of this version carry properties and reason codes. Always `false`
+    /// without the `v5` feature, which lets the compiler drop every MQTT 5.0 code path.
     pub const fn is_v5(self) -> bool {
-        matches!(self, ProtocolVersion::V5)
+        #[cfg(feature = "v5")]
+        return matches!(self, ProtocolVersion::V5);
+        #[cfg(not(feature = "v5"))]
+        return false;
     }
 }
 

@@ -3,7 +3,9 @@
 //! into a caller's buffer.
 
 use nom::bytes::complete::take;
-use nom::number::complete::{be_u16, be_u32, be_u8};
+#[cfg(feature = "v5")]
+use nom::number::complete::be_u32;
+use nom::number::complete::{be_u16, be_u8};
 use nom::Parser;
 
 use crate::error::{DecodeError, EncodeError};
@@ -35,6 +37,8 @@ pub(crate) fn u16_(input: &[u8]) -> PResult<'_, u16> {
     be_u16(input)
 }
 
+/// Only properties hold four-byte integers.
+#[cfg(feature = "v5")]
 pub(crate) fn u32_(input: &[u8]) -> PResult<'_, u32> {
     be_u32(input)
 }
@@ -239,6 +243,8 @@ impl<'b> Writer<'b> {
         self.bytes(&value.to_be_bytes())
     }
 
+    /// Only properties hold four-byte integers.
+    #[cfg(feature = "v5")]
     pub(crate) fn u32(&mut self, value: u32) -> Result<(), EncodeError> {
         self.bytes(&value.to_be_bytes())
     }

@@ -74,9 +74,11 @@
 use core::fmt;
 
 use petrel_codec::topic::{validate_topic_filter, validate_topic_name, SharedFilter};
+#[cfg(feature = "v5")]
+use petrel_codec::PropertyId;
 use petrel_codec::{
     Connect, DecodeError, Decoded, Decoder, Disconnect, EncodeError, Packet, PacketType,
-    PropertyId, PubResponse, Publish, Subscribe, Unsubscribe, MAX_PACKET_SIZE,
+    PubResponse, Publish, Subscribe, Unsubscribe, MAX_PACKET_SIZE,
 };
 
 pub use petrel_codec::{
@@ -434,6 +436,25 @@ fn sent_only_by_clients(nibble: u8) -> bool {
     )
 }
 
+/// A client sends neither topic aliases nor subscription identifiers in a PUBLISH
+/// [MQTT-3.3.4-6].
+#[cfg(feature = "v5")]
+fn refuse_alias_and_subscription_ids(properties: &Properties<'_>) -> Result<(), ClientError> {
+    let not_allowed = |property| {
+        Err(ClientError::Encode(EncodeError::PropertyNotAllowed {
+            property,
+            packet_type: PacketType::Publish,
+        }))
+    };
+    if properties.topic_alias.is_some() {
+        return not_allowed(PropertyId::TopicAlias);
+    }
+    if !properties.subscription_identifiers.is_empty() {
+        return not_allowed(PropertyId::SubscriptionIdentifier);
+    }
+    Ok(())
+}
+
 /// The reason code for a client's DISCONNECT: codes that DISCONNECT cannot carry (a CONNECT
 /// from the server fails as "unsupported protocol version") become "protocol error".
 const fn disconnect_reason(code: ReasonCode) -> ReasonCode {
@@ -599,6 +620,7 @@ pub struct Client<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize
     incoming_qos2: heapless::Vec<PacketId, INFLIGHT>,
     next_id: u16,
     server: ServerLimits,
+    #[cfg(feature = "v5")]
     assigned_client_id: heapless::String<MAX_ASSIGNED_CLIENT_ID>,
     /// The clean start flag of the CONNECT on the current connection.
     sent_clean_start: bool,
@@ -625,6 +647,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             incoming_qos2: heapless::Vec::new(),
             next_id: 1,
             server: ServerLimits::DEFAULT,
+            #[cfg(feature = "v5")]
             assigned_client_id: heapless::String::new(),
             sent_clean_start: true,
             last_tx: Instant::ZERO,
@@ -709,11 +732,11 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// The client identifier a 5.0 server assigned, kept for later reconnects when the
     /// options' identifier is empty [MQTT-3.2.2-16].
     pub fn assigned_client_id(&self) -> Option<&str> {
-        if self.assigned_client_id.is_empty() {
-            None
-        } else {
-            Some(self.assigned_client_id.as_str())
+        #[cfg(feature = "v5")]
+        if !self.assigned_client_id.is_empty() {
+            return Some(self.assigned_client_id.as_str());
         }
+        None
     }
 
     /// The Receive Maximum the client advertises: the options' value clamped to
@@ -746,22 +769,29 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         {
             return Err(ClientError::InvalidOptions);
         }
+        #[cfg(feature = "v5")]
         let client_id = if o.client_id.is_empty() {
             self.assigned_client_id.as_str()
         } else {
             o.client_id
         };
+        #[cfg(not(feature = "v5"))]
+        let client_id = o.client_id;
+        #[cfg(feature = "v5")]
         let receive_maximum = self.receive_maximum();
         let connect = Packet::Connect(Connect {
             protocol_version: o.version,
             clean_start: o.clean_start,
             keep_alive: o.keep_alive,
+            #[cfg(feature = "v5")]
             properties: Properties {
                 session_expiry_interval: Some(o.session_expiry_interval).filter(|&s| s != 0),
                 receive_maximum: Some(receive_maximum).filter(|&r| r != u16::MAX),
                 maximum_packet_size: Some(o.max_packet_size).filter(|&m| m < MAX_PACKET_SIZE),
                 ..Properties::default()
             },
+            #[cfg(not(feature = "v5"))]
+            properties: Properties::default(),
             client_id,
             will: o.will,
             username: o.username,
@@ -836,18 +866,8 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         if validate_topic_name(topic).is_err() || topic.contains('\0') {
             return Err(ClientError::InvalidTopic);
         }
-        let not_allowed = |property| {
-            ClientError::Encode(EncodeError::PropertyNotAllowed {
-                property,
-                packet_type: PacketType::Publish,
-            })
-        };
-        if properties.topic_alias.is_some() {
-            return Err(not_allowed(PropertyId::TopicAlias));
-        }
-        if !properties.subscription_identifiers.is_empty() {
-            return Err(not_allowed(PropertyId::SubscriptionIdentifier));
-        }
+        #[cfg(feature = "v5")]
+        refuse_alias_and_subscription_ids(properties)?;
         if qos > self.server.maximum_qos {
             return Err(ClientError::QoSNotSupported);
         }
@@ -1332,6 +1352,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// Ends the connection after a fatal error: over 5.0, queue a DISCONNECT with the reason
     /// code (section 4.13); 3.1.1 has nothing to send.
     fn fail(&mut self, error: ClientError) -> ClientError {
+        #[cfg(feature = "v5")]
         if self.options.version.is_v5() {
             if let Some(reason) = error.reason_code() {
                 let packet = Packet::Disconnect(Disconnect {
@@ -1409,7 +1430,26 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             // client had none to resume [MQTT-3.2.2-4].
             return Err(ClientError::Protocol(ReasonCode::ProtocolError));
         }
-        let p = &connack.properties;
+        // Over 3.1.1 the limits stay the defaults `reset_connection` set.
+        #[cfg(feature = "v5")]
+        self.apply_connack_properties(&connack.properties);
+        if !connack.session_present {
+            // [MQTT-3.2.2-5]: the client discards its session state.
+            self.discard_session();
+        }
+        self.state = ConnectionState::Connected;
+        self.connack_deadline = None;
+        // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH and PUBREL packets.
+        self.flush_resends();
+        Ok(Some(ClientEvent::Connected {
+            session_present: connack.session_present,
+        }))
+    }
+
+    /// Takes in what a 5.0 CONNACK's properties say: the server's limits, the keep-alive it
+    /// imposes and the client identifier it assigned.
+    #[cfg(feature = "v5")]
+    fn apply_connack_properties(&mut self, p: &Properties<'_>) {
         let d = ServerLimits::DEFAULT;
         self.server = ServerLimits {
             receive_maximum: p.receive_maximum.unwrap_or(d.receive_maximum),
@@ -1438,17 +1478,6 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                 self.assigned_client_id.clear();
             }
         }
-        if !connack.session_present {
-            // [MQTT-3.2.2-5]: the client discards its session state.
-            self.discard_session();
-        }
-        self.state = ConnectionState::Connected;
-        self.connack_deadline = None;
-        // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH and PUBREL packets.
-        self.flush_resends();
-        Ok(Some(ClientEvent::Connected {
-            session_present: connack.session_present,
-        }))
     }
 
     fn on_publish<'b>(
@@ -1457,6 +1486,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         // The client advertises no Topic Alias Maximum, so the server sends no alias
         // [MQTT-3.1.2-27].
+        #[cfg(feature = "v5")]
         if publish.properties.topic_alias.is_some() {
             return Err(ClientError::Protocol(ReasonCode::TopicAliasInvalid));
         }
