@@ -114,17 +114,21 @@ pub(crate) fn validate_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
     Ok(s)
 }
 
+#[cfg(target_pointer_width = "64")]
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+#[cfg(target_pointer_width = "64")]
 const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
 
 /// Whether `word` has a zero byte (the exact test: a borrow can only mark bytes above a
 /// zero byte, never invent the first one).
+#[cfg(target_pointer_width = "64")]
 const fn has_zero_byte(word: u64) -> bool {
     word.wrapping_sub(ONES) & !word & HIGHS != 0
 }
 
 /// Whether some byte of `bytes` is `a` or `b`; neither may be 0xFF, the padding of a string
 /// shorter than a word.
+#[cfg(target_pointer_width = "64")]
 pub(crate) fn contains_either(bytes: &[u8], a: u8, b: u8) -> bool {
     let [a_word, b_word] = [a, b].map(|byte| ONES * u64::from(byte));
     fold_words(
@@ -136,6 +140,7 @@ pub(crate) fn contains_either(bytes: &[u8], a: u8, b: u8) -> bool {
 
 /// Whether some byte of `bytes` is `a`, and whether some byte is `b` or `c`, in one pass;
 /// none may be 0xFF, the padding of a string shorter than a word.
+#[cfg(target_pointer_width = "64")]
 pub(crate) fn scan(bytes: &[u8], a: u8, b: u8, c: u8) -> (bool, bool) {
     let [a_word, b_word, c_word] = [a, b, c].map(|byte| ONES * u64::from(byte));
     fold_words(
@@ -154,6 +159,7 @@ pub(crate) fn scan(bytes: &[u8], a: u8, b: u8, c: u8) -> (bool, bool) {
 /// packet goes through here (U+0000, topic wildcards), and most are short: a word at a time
 /// without early exit beats both `memchr`, which pays for alignment on each call, and a
 /// byte loop. Always inlined, so each caller's closures compile into one plain loop.
+#[cfg(target_pointer_width = "64")]
 #[inline(always)]
 fn fold_words<T>(bytes: &[u8], test: impl Fn(u64) -> T, join: impl Fn(T, T) -> T) -> T {
     let Some(last) = bytes.last_chunk::<8>() else {
@@ -172,6 +178,23 @@ fn fold_words<T>(bytes: &[u8], test: impl Fn(u64) -> T, join: impl Fn(T, T) -> T
         found = join(found, test(u64::from_ne_bytes(word)));
     }
     found
+}
+
+/// [`contains_either`] where words are not 64 bits: there a word takes two registers and the
+/// word-at-a-time scan 0.4 KB of flash, while a byte loop is a few instructions.
+#[cfg(not(target_pointer_width = "64"))]
+pub(crate) fn contains_either(bytes: &[u8], a: u8, b: u8) -> bool {
+    bytes.iter().any(|&x| x == a || x == b)
+}
+
+/// [`scan`] where words are not 64 bits, a byte at a time as [`contains_either`] there.
+#[cfg(not(target_pointer_width = "64"))]
+pub(crate) fn scan(bytes: &[u8], a: u8, b: u8, c: u8) -> (bool, bool) {
+    bytes
+        .iter()
+        .fold((false, false), |(found_a, found_bc), &x| {
+            (found_a | (x == a), found_bc | (x == b) | (x == c))
+        })
 }
 
 /// A topic name field: a string under the UTF-8 rules, and whether it holds a wildcard,

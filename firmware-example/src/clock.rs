@@ -24,11 +24,12 @@ const RELOAD: usize = 0x08;
 const CTRL_ENABLE: u32 = 1;
 
 /// The timer's input clock (the mps2 peripheral clock, also the core clock).
-const TICKS_PER_MICRO: u64 = 25;
+const TICKS_PER_MICRO: u32 = 25;
 const CORE_HZ: u32 = 25_000_000;
 
-/// The last counter value read, and the ticks counted up to it.
-static STATE: Mutex<Cell<(u32, u64)>> = Mutex::new(Cell::new((u32::MAX, 0)));
+/// The last counter value read, the microseconds counted up to it, and the ticks since the
+/// last whole microsecond.
+static STATE: Mutex<Cell<(u32, u64, u32)>> = Mutex::new(Cell::new((u32::MAX, 0, 0)));
 
 /// Starts TIMER0 free-running from `u32::MAX`, and SysTick as a 1 kHz wake-up.
 pub fn start(mut syst: SYST) {
@@ -49,15 +50,23 @@ pub fn start(mut syst: SYST) {
 pub fn now() -> Instant {
     // SAFETY: as in `start`; reading VALUE has no side effect.
     let value = unsafe { read_volatile((TIMER0 + VALUE) as *const u32) };
-    let ticks = critical_section::with(|cs| {
+    let micros = critical_section::with(|cs| {
         let state = STATE.borrow(cs);
-        let (last, total) = state.get();
-        // A down-counter: the ticks elapsed are how far it fell, modulo 2^32.
-        let total = total + u64::from(last.wrapping_sub(value));
-        state.set((value, total));
-        total
+        let (last, micros, spare) = state.get();
+        // A down-counter: the ticks elapsed are how far it fell, modulo 2^32. They become
+        // microseconds by 32-bit division, which the Cortex-M4 does in one instruction; a
+        // 64-bit division would link a 0.9 KB library routine.
+        let elapsed = last.wrapping_sub(value);
+        let mut micros = micros + u64::from(elapsed / TICKS_PER_MICRO);
+        let mut spare = spare + elapsed % TICKS_PER_MICRO;
+        if spare >= TICKS_PER_MICRO {
+            spare -= TICKS_PER_MICRO;
+            micros += 1;
+        }
+        state.set((value, micros, spare));
+        micros
     });
-    Instant::from_micros(ticks / TICKS_PER_MICRO)
+    Instant::from_micros(micros)
 }
 
 /// Sleeps until the next SysTick (at most a millisecond): UART input raises no interrupt,

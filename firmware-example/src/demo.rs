@@ -104,13 +104,10 @@ struct Topics {
 
 impl Topics {
     fn new(version: ProtocolVersion) -> Topics {
-        let prefix: &str = match version {
-            ProtocolVersion::V311 => "petrel/fw/311/",
-            _ => "petrel/fw/5/",
-        };
-        let filter = match version {
-            ProtocolVersion::V311 => "petrel/fw/311/#",
-            _ => "petrel/fw/5/#",
+        let (prefix, filter) = if version.is_v5() {
+            ("petrel/fw/5/", "petrel/fw/5/#")
+        } else {
+            ("petrel/fw/311/", "petrel/fw/311/#")
         };
         let mut topics = Topics {
             buf: [[0; 32]; MESSAGES.len()],

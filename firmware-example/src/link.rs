@@ -102,7 +102,14 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
             if let Some(event) = received.event {
                 on_event(client, event);
             }
-            self.rx.copy_within(consumed..self.rx_len, 0);
+            // A byte at a time: `copy_within` would link `memmove` (1.5 KB of flash).
+            for i in consumed..self.rx_len {
+                if let Some(&byte) = self.rx.get(i) {
+                    if let Some(dst) = self.rx.get_mut(i - consumed) {
+                        *dst = byte;
+                    }
+                }
+            }
             self.rx_len -= consumed;
             self.flush(client, now)?;
         }
