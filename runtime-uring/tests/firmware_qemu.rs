@@ -32,22 +32,37 @@ fn firmware_dir() -> PathBuf {
         .join("firmware-example")
 }
 
-/// Builds the firmware once per test run and returns the directory holding its binaries.
+/// Builds the firmware once per test run and returns the directory holding its binaries:
+/// `demo-v5` with the client's `v5` feature, `demo` without it, as a 3.1.1-only firmware
+/// is built (so the client without MQTT 5.0 code runs the whole demo too).
 fn firmware_bins() -> &'static Path {
     static BINS: OnceLock<PathBuf> = OnceLock::new();
     BINS.get_or_init(|| {
         let dir = firmware_dir();
         let target_dir = dir.join("target");
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&dir)
-            .args(["build", "--release", "--bins", "--target-dir"])
-            .arg(&target_dir)
-            .status()
-            .expect("run cargo build for firmware-example");
-        assert!(
-            status.success(),
-            "building firmware-example failed (rustup target add thumbv7em-none-eabihf)"
-        );
+        let builds: [&[&str]; 2] = [
+            &["--bin", "demo-v5"],
+            &[
+                "--bin",
+                "demo",
+                "--no-default-features",
+                "--features",
+                "defmt",
+            ],
+        ];
+        for args in builds {
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&dir)
+                .args(["build", "--release", "--target-dir"])
+                .arg(&target_dir)
+                .args(args)
+                .status()
+                .expect("run cargo build for firmware-example");
+            assert!(
+                status.success(),
+                "building firmware-example failed (rustup target add thumbv7em-none-eabihf)"
+            );
+        }
         target_dir.join("thumbv7em-none-eabihf").join("release")
     })
 }
