@@ -11,7 +11,9 @@
 //!   `handle_timeout` next).
 //!
 //! The [`client`] module needs neither `std` nor a heap, so the same client runs on a
-//! microcontroller, in the proxy's upstream side and in the load generator.
+//! microcontroller, in the proxy's upstream side and in the load generator. Its MQTT 5.0
+//! half sits behind the `v5` feature (on by default, and needed by the server side behind
+//! `alloc`): a firmware that speaks only 3.1.1 turns it off and carries none of that code.
 #![no_std]
 #![forbid(unsafe_code)]
 
