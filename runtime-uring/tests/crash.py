@@ -69,9 +69,32 @@ class Broker:
             self.proc.wait()
 
 
+class Client(mqtt.Client):
+    """paho-mqtt (2.2.0, the latest) with its QoS 2 re-send across failed reconnects fixed.
+
+    Every reconnect attempt resets the state of each outgoing message. A QoS 2 message that
+    waits for PUBCOMP becomes "re-send PUBREL", done after the next CONNACK. While the broker
+    is still down the attempt fails, and the next attempt's reset does not know that state:
+    it makes the message a plain PUBLISH again (DUP clear). The broker has already had its
+    PUBREL and forgotten the packet identifier, so by the protocol that is a new message
+    [MQTT-4.3.3], delivered once more. A client must re-send PUBREL there [MQTT-4.4.0-1]:
+    this keeps the message at "re-send PUBREL", and counts how often that was needed.
+    """
+
+    kept_pubrel = 0
+
+    def _messages_reconnect_reset_out(self):
+        with self._out_message_mutex:
+            for m in self._out_messages.values():
+                if m.qos == 2 and m.state == mqtt.mqtt_ms_resend_pubrel:
+                    m.state = mqtt.mqtt_ms_wait_for_pubcomp
+                    self.kept_pubrel += 1
+            super()._messages_reconnect_reset_out()
+
+
 def client(client_id, port, on_message=None, on_publish=None):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=mqtt.MQTTv311, clean_session=False)
+    c = Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+               protocol=mqtt.MQTTv311, clean_session=False)
     c.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
     c.max_inflight_messages_set(50)
     c.max_queued_messages_set(0)
@@ -213,6 +236,7 @@ def run_seed(args, seed):
         sub.loop_stop()
         print(f"seed {seed}: {args.messages} published, {len(acked)} acknowledged, "
               f"{len(received)} distinct received, {q1_dups} QoS 1 duplicates, "
+              f"{pub.kept_pubrel} PUBRELs kept across failed reconnects, "
               f"{len(restarts)} kills, restarts took "
               + ", ".join(f"{t * 1000:.0f} ms" for t in restarts)
               + (" — OK" if not failures else " — FAILED"))
