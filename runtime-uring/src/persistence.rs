@@ -10,7 +10,7 @@ use std::time::Duration;
 use petrel_state::broker::{owner_shard, NoStorage, Storage, StoredState};
 use petrel_store::{
     Backend, BatchTokens, Clock, CommitListener, CommitSettings, Committer, EmbeddedStore,
-    FjallStore, RedisStore, StoreError,
+    FjallStore, Linker, RedisStore, StoreError,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -167,10 +167,13 @@ impl Persistence {
         match &self.committer {
             Some(committer) => {
                 let storage = committer.shard(index);
-                let durable = Durable::new(Some(storage.tokens() as Arc<dyn TokenSource>));
+                let durable = Durable::new(
+                    Some(storage.tokens() as Arc<dyn TokenSource>),
+                    storage.linker(),
+                );
                 (Box::new(storage), state, durable)
             }
-            None => (Box::new(NoStorage), state, Durable::new(None)),
+            None => (Box::new(NoStorage), state, Durable::new(None, None)),
         }
     }
 
@@ -207,16 +210,26 @@ impl CommitListener for InboxListener {
 ///
 /// A publish routed to subscribers on another shard is stored there, by that shard's own
 /// batch. The publisher's acknowledgement must wait for that batch too, or a crash between
-/// the two commits would lose a message the publisher was told is safe. So after an input
-/// that forwarded acknowledged (QoS 1/2) messages, the worker sends each target shard a
-/// fence behind them (the inbox is FIFO); the target answers once the batch holding what it
-/// did with them is durable. A batch is released (`storage_committed`) once it is durable
-/// and its fences are answered, in token order.
+/// the two commits would lose a message the publisher was told is safe; and for QoS 2 the
+/// publisher's exactly-once marker (in this shard's batch) and the copies must become
+/// durable together, or a crash between them loses the message (marker without copies) or
+/// delivers it twice (copies without marker, the publisher's re-send routed again). So
+/// after an input that forwarded acknowledged (QoS 1/2) messages, the worker sends each
+/// target shard a fence behind them (the inbox is FIFO):
 ///
-/// An input that forwarded such messages but changed nothing here gets an *empty* batch
-/// (a token the committer never sees): it waits for the fences only, not for a disk, so a
-/// broker whose clients keep no sessions pays one inbox round trip per forwarding input,
-/// not a commit.
+/// - When the input's batch went to the committer, the batch is *linked* to those shards
+///   (`petrel_store::BatchTokens::take_linked`). A linked fence asks the target to send the
+///   committer a link naming its own batches so far, which hold what it did with the
+///   messages; the committer commits the batch in the same transaction as those. Nothing
+///   comes back: the batch is released once it is durable.
+/// - When the input changed nothing here, its batch is *empty* (a token the committer never
+///   sees): there is no marker to keep together with the copies, and the fence is answered
+///   once the target's batches holding them are durable. The empty batch waits for the
+///   answers only, not for a disk, so a broker whose clients keep no sessions pays one
+///   inbox round trip per forwarding input, not a commit.
+///
+/// A batch is released (`storage_committed`) once it is durable and its fences are
+/// answered, in token order.
 #[derive(Debug, Default)]
 pub(crate) struct Durable {
     /// The tokens this shard's store hands out; `None` without a store.
@@ -231,6 +244,20 @@ pub(crate) struct Durable {
     empty: BTreeSet<u64>,
     /// Fences owed to others once an own batch is durable: (own token, shard, their token).
     owed: Vec<(u64, usize, u64)>,
+    /// Answers linked fences; `None` without a store.
+    linker: Option<Linker>,
+}
+
+/// A fence to send after an input's forwarded messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fence {
+    /// The shard the messages went to.
+    pub(crate) target: usize,
+    /// The batch of this shard that forwarded them.
+    pub(crate) token: u64,
+    /// Whether that batch waits in the committer for the target's link (rather than for an
+    /// answer).
+    pub(crate) linked: bool,
 }
 
 /// Where a [`Durable`] reads the tokens its store handed out.
@@ -239,6 +266,8 @@ pub(crate) trait TokenSource: std::fmt::Debug + Send + Sync {
     fn issued(&self) -> u64;
     /// The last token of a batch sent to the committer; later ones are empty.
     fn sent(&self) -> u64;
+    /// The linked batches sent since the last call: `(token, shards to ask for a link)`.
+    fn take_linked(&self) -> Vec<(u64, Vec<u16>)>;
 }
 
 impl TokenSource for BatchTokens {
@@ -249,12 +278,17 @@ impl TokenSource for BatchTokens {
     fn sent(&self) -> u64 {
         BatchTokens::sent(self)
     }
+
+    fn take_linked(&self) -> Vec<(u64, Vec<u16>)> {
+        BatchTokens::take_linked(self)
+    }
 }
 
 impl Durable {
-    pub(crate) fn new(tokens: Option<Arc<dyn TokenSource>>) -> Self {
+    pub(crate) fn new(tokens: Option<Arc<dyn TokenSource>>, linker: Option<Linker>) -> Self {
         Durable {
             tokens,
+            linker,
             ..Durable::default()
         }
     }
@@ -268,17 +302,53 @@ impl Durable {
     }
 
     /// Called after every input, with the shards it sent acknowledged messages to: the
-    /// fences to send after them, as `(target, token)`.
-    pub(crate) fn forwarded(&mut self, targets: &[usize]) -> Vec<(usize, u64)> {
+    /// fences to send after them.
+    pub(crate) fn forwarded(&mut self, targets: &[usize]) -> Vec<Fence> {
+        let linked = self
+            .tokens
+            .as_ref()
+            .map(|tokens| tokens.take_linked())
+            .unwrap_or_default();
+        let mut fences: Vec<Fence> = linked
+            .iter()
+            .flat_map(|(token, shards)| {
+                shards.iter().map(|&shard| Fence {
+                    target: usize::from(shard),
+                    token: *token,
+                    linked: true,
+                })
+            })
+            .collect();
         let token = self.issued_token();
         if token > self.released && token > self.sent_token() {
             self.empty.insert(token);
         }
-        if targets.is_empty() || token <= self.released {
-            return Vec::new();
+        // Shards asked for links need no answer; any other target (an input that wrote
+        // nothing here, handled in the same turn) waits for one on the last token.
+        let all_linked = targets.iter().all(|&target| {
+            linked
+                .iter()
+                .any(|(_, shards)| shards.iter().any(|&shard| usize::from(shard) == target))
+        });
+        if all_linked || token <= self.released {
+            return fences;
         }
         *self.waiting.entry(token).or_insert(0) += targets.len() as u32;
-        targets.iter().map(|&target| (target, token)).collect()
+        fences.extend(targets.iter().map(|&target| Fence {
+            target,
+            token,
+            linked: false,
+        }));
+        fences
+    }
+
+    /// Shard `from`'s batch `token` forwarded messages here and waits in the committer for
+    /// this shard's link: everything this shard did with them is in the batches it has sent
+    /// so far (the fence came behind the messages).
+    pub(crate) fn link(&self, from: usize, token: u64) {
+        if let Some(linker) = &self.linker {
+            linker.link(from, token);
+        }
     }
 
     /// Shard `from` asks to hear once what this shard did with its messages is durable:
@@ -347,12 +417,14 @@ impl Durable {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
 
     /// Tokens set by the test, as the store would hand them out.
     #[derive(Debug, Default)]
     struct Tokens {
         issued: AtomicU64,
         sent: AtomicU64,
+        linked: Mutex<Vec<(u64, Vec<u16>)>>,
     }
 
     impl TokenSource for Tokens {
@@ -362,6 +434,10 @@ mod tests {
 
         fn sent(&self) -> u64 {
             self.sent.load(Ordering::Relaxed)
+        }
+
+        fn take_linked(&self) -> Vec<(u64, Vec<u16>)> {
+            std::mem::take(&mut *self.linked.lock().unwrap())
         }
     }
 
@@ -373,6 +449,13 @@ mod tests {
             token
         }
 
+        /// A batch sent to the committer that forwarded acknowledged messages to `shards`.
+        fn linked(&self, shards: &[u16]) -> u64 {
+            let token = self.batch();
+            self.linked.lock().unwrap().push((token, shards.to_vec()));
+            token
+        }
+
         /// An input that changed nothing here but forwarded acknowledged messages.
         fn empty(&self) -> u64 {
             self.issued.fetch_add(1, Ordering::Relaxed) + 1
@@ -381,15 +464,55 @@ mod tests {
 
     fn durable() -> (Arc<Tokens>, Durable) {
         let tokens = Arc::new(Tokens::default());
-        let d = Durable::new(Some(tokens.clone() as Arc<dyn TokenSource>));
+        let d = Durable::new(Some(tokens.clone() as Arc<dyn TokenSource>), None);
         (tokens, d)
     }
 
+    fn fence(target: usize, token: u64, linked: bool) -> Fence {
+        Fence {
+            target,
+            token,
+            linked,
+        }
+    }
+
     #[test]
-    fn a_batch_waits_for_its_fences_and_releases_in_order() {
+    fn a_linked_batch_asks_for_links_and_waits_for_its_commit_only() {
+        let (tokens, mut d) = durable();
+        let token = tokens.linked(&[1, 2]);
+        assert_eq!(
+            d.forwarded(&[1, 2]),
+            vec![fence(1, token, true), fence(2, token, true)]
+        );
+        assert!(d.forwarded(&[]).is_empty(), "asked once");
+        assert!(d.releasable().is_empty());
+        assert!(d.committed(token).is_empty());
+        assert_eq!(
+            d.releasable(),
+            token..=token,
+            "the commit holds the other shards' batches too: no answers to wait for"
+        );
+    }
+
+    #[test]
+    fn linked_batches_of_inputs_handled_together_are_all_asked_for() {
+        let (tokens, mut d) = durable();
+        let first = tokens.linked(&[1]);
+        let second = tokens.linked(&[2]);
+        assert_eq!(
+            d.forwarded(&[1, 2]),
+            vec![fence(1, first, true), fence(2, second, true)]
+        );
+    }
+
+    #[test]
+    fn an_unlinked_batch_waits_for_its_fences_and_releases_in_order() {
         let (tokens, mut d) = durable();
         tokens.batch();
-        assert_eq!(d.forwarded(&[1, 2]), vec![(1, 1), (2, 1)]);
+        assert_eq!(
+            d.forwarded(&[1, 2]),
+            vec![fence(1, 1, false), fence(2, 1, false)]
+        );
         tokens.batch();
         assert!(d.forwarded(&[]).is_empty());
         assert!(d.committed(2).is_empty());
@@ -419,7 +542,7 @@ mod tests {
     fn an_empty_batch_waits_for_its_fences_only() {
         let (tokens, mut d) = durable();
         let token = tokens.empty();
-        assert_eq!(d.forwarded(&[1]), vec![(1, token)]);
+        assert_eq!(d.forwarded(&[1]), vec![fence(1, token, false)]);
         assert!(d.releasable().is_empty(), "the fence is not answered yet");
         d.fence_answered(token);
         assert_eq!(d.releasable(), token..=token, "no commit needed");
@@ -431,7 +554,7 @@ mod tests {
         let written = tokens.batch();
         assert!(d.forwarded(&[]).is_empty());
         let empty = tokens.empty();
-        assert_eq!(d.forwarded(&[1]), vec![(1, empty)]);
+        assert_eq!(d.forwarded(&[1]), vec![fence(1, empty, false)]);
         d.fence_answered(empty);
         assert!(
             d.releasable().is_empty(),

@@ -33,9 +33,15 @@ pub(crate) enum WorkerMessage {
     Publish(Message),
     /// Every store batch of this shard up to this token is durable.
     Committed(u64),
-    /// Shard `from` forwarded messages here before this: answer `FenceAnswered(token)` once
-    /// what this shard did with them is durable.
-    Fence { from: usize, token: u64 },
+    /// Shard `from` forwarded messages here before this, in the input of its batch `token`.
+    /// `linked`: that batch waits in the committer for this shard's link, to commit with
+    /// what this shard stored of them; otherwise answer `FenceAnswered(token)` once that is
+    /// durable.
+    Fence {
+        from: usize,
+        token: u64,
+        linked: bool,
+    },
     /// A shard answered a fence of this shard's batch `token`.
     FenceAnswered(u64),
     /// An operator's question or command (the HTTP API), run on the worker's shard.

@@ -455,10 +455,13 @@ impl Worker {
             }
             self.shared.send(shard, WorkerMessage::Shard(message));
         }
-        for (shard, token) in self.durable.borrow_mut().forwarded(&targets) {
-            let from = self.index;
-            self.shared
-                .send(shard, WorkerMessage::Fence { from, token });
+        for fence in self.durable.borrow_mut().forwarded(&targets) {
+            let message = WorkerMessage::Fence {
+                from: self.index,
+                token: fence.token,
+                linked: fence.linked,
+            };
+            self.shared.send(fence.target, message);
         }
         let deadline = broker.poll_timeout();
         drop(conns);
@@ -545,12 +548,11 @@ impl Worker {
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
                 WorkerMessage::Committed(upto) => self.committed(upto),
-                WorkerMessage::Fence { from, token } => {
-                    let answer = self.durable.borrow_mut().fence(from, token);
-                    if let Some((shard, token)) = answer {
-                        self.shared.send(shard, WorkerMessage::FenceAnswered(token));
-                    }
-                }
+                WorkerMessage::Fence {
+                    from,
+                    token,
+                    linked,
+                } => self.fence(from, token, linked),
                 WorkerMessage::FenceAnswered(token) => {
                     self.durable.borrow_mut().fence_answered(token);
                     self.release();
@@ -565,6 +567,17 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Shard `from` asks about what this shard did with the messages its batch `token`
+    /// forwarded (all handled by now: the fence came behind them).
+    fn fence(&self, from: usize, token: u64, linked: bool) {
+        let mut durable = self.durable.borrow_mut();
+        if linked {
+            durable.link(from, token);
+        } else if let Some((shard, token)) = durable.fence(from, token) {
+            self.shared.send(shard, WorkerMessage::FenceAnswered(token));
         }
     }
 
@@ -608,10 +621,16 @@ impl Worker {
         self.after_input();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
-            // The goodbyes may wait for a store commit, reported through the inbox.
+            // The goodbyes may wait for a store commit, reported through the inbox; and the
+            // other shards' commits for this shard's links.
             while let Ok(message) = inbox.try_recv() {
                 match message {
                     WorkerMessage::Committed(upto) => self.committed(upto),
+                    WorkerMessage::Fence {
+                        from,
+                        token,
+                        linked,
+                    } => self.fence(from, token, linked),
                     WorkerMessage::FenceAnswered(token) => {
                         self.durable.borrow_mut().fence_answered(token);
                         self.release();

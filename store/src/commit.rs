@@ -2,9 +2,10 @@
 //! arrives within the commit window into one transaction, makes it durable, and tells each
 //! shard the last of its batches that is. The workers never wait on a disk or a socket.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
@@ -36,18 +37,43 @@ pub trait CommitListener: Send {
     fn failed(&mut self, error: &StoreError);
 }
 
+/// What the shards send the committer, all through one channel: the items of one shard
+/// arrive in the order it sent them, and an item a shard sends after learning of another
+/// shard's item (through a worker's inbox) arrives after that item.
+#[derive(Debug)]
+enum Item {
+    Batch(Batch),
+    Link(Link),
+}
+
+#[derive(Debug)]
 struct Batch {
     shard: usize,
     /// 0 for a batch nobody waits for (`durable: false`).
     token: u64,
     ops: Vec<Op>,
+    /// The shards this batch's input forwarded acknowledged messages to. Each answers with a
+    /// [`Link`], and the batch commits in the same transaction as what they stored of
+    /// those messages.
+    links: Vec<u16>,
 }
 
-/// The committer thread. Dropping every [`ShardStorage`] and then calling
+/// A shard's answer to a linked batch of another shard.
+#[derive(Debug)]
+struct Link {
+    /// The shard that handled the forwarded messages.
+    shard: usize,
+    /// Its batches up to this token hold what it did with them.
+    upto: u64,
+    /// The linked batch: (shard, token).
+    of: (usize, u64),
+}
+
+/// The committer thread. Dropping every [`ShardStorage`] and [`Linker`] and then calling
 /// [`Committer::finish`] writes what is left and stops it.
 #[derive(Debug)]
 pub struct Committer {
-    sender: Option<Sender<Batch>>,
+    sender: Option<Sender<Item>>,
     thread: Option<JoinHandle<()>>,
     settings: CommitSettings,
     clock: Clock,
@@ -86,7 +112,7 @@ impl Committer {
     }
 
     /// Waits for every batch sent so far to be written, then stops the thread. The shards'
-    /// stores must be dropped first, or this waits for them.
+    /// stores and linkers must be dropped first, or this waits for them.
     pub fn finish(mut self) {
         self.sender = None;
         if let Some(thread) = self.thread.take() {
@@ -95,45 +121,188 @@ impl Committer {
     }
 }
 
-fn absorb(batch: Batch, ops: &mut Vec<Op>, tokens: &mut Vec<u64>) {
-    ops.extend(batch.ops);
-    if batch.token > 0 {
-        if tokens.len() <= batch.shard {
-            tokens.resize(batch.shard + 1, 0);
+/// One transaction being gathered.
+///
+/// Everything that arrives within the commit window joins it. A batch whose input forwarded
+/// acknowledged messages to other shards is *linked*: what those shards stored of them
+/// (a QoS 2 copy for a subscriber) must commit in the same transaction as the batch (the
+/// publisher's exactly-once marker), or a crash between two commits keeps one without the
+/// other. So once the window is over, the group stays open while a linked batch misses a
+/// [`Link`]; of what arrives meanwhile, only the batches a link names (those up to its
+/// `upto`, in each shard's order) join, and the rest waits for the next group.
+#[derive(Debug, Default)]
+struct Group {
+    ops: Vec<Op>,
+    /// The highest token per shard in the group.
+    tokens: Vec<u64>,
+    /// Linked batches in the group that miss links: (shard, token) → links missing.
+    unlinked: HashMap<(usize, u64), usize>,
+    /// Per shard: its batches up to this token must be in the group.
+    needed: Vec<u64>,
+    /// Batches that arrived after the window and are not needed: the next group's start,
+    /// in the order they arrived.
+    later: VecDeque<Batch>,
+    /// Links of batches in `later`: (shard, token) → (linking shard, upto).
+    early: HashMap<(usize, u64), Vec<(usize, u64)>>,
+}
+
+fn raise(tokens: &mut Vec<u64>, shard: usize, token: u64) {
+    if tokens.len() <= shard {
+        tokens.resize(shard + 1, 0);
+    }
+    tokens[shard] = tokens[shard].max(token);
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.tokens.is_empty() && self.ops.is_empty()
+    }
+
+    /// Whether no batch in the group waits for a link.
+    fn complete(&self) -> bool {
+        self.unlinked.is_empty()
+    }
+
+    /// Within the window: whatever arrives joins.
+    fn gather(&mut self, item: Item) {
+        match item {
+            Item::Batch(batch) => self.join(batch),
+            Item::Link(link) => self.link(link),
         }
-        tokens[batch.shard] = tokens[batch.shard].max(batch.token);
+    }
+
+    /// After the window: a batch joins only if a link needs it.
+    fn close(&mut self, item: Item) {
+        match item {
+            Item::Batch(batch) => self.later.push_back(batch),
+            Item::Link(link) => self.link(link),
+        }
+        self.pull();
+    }
+
+    /// Starts the next group with what waited for it.
+    fn resume(&mut self) {
+        for batch in std::mem::take(&mut self.later) {
+            self.join(batch);
+        }
+    }
+
+    fn join(&mut self, batch: Batch) {
+        if batch.token > 0 {
+            raise(&mut self.tokens, batch.shard, batch.token);
+        }
+        self.ops.extend(batch.ops);
+        if batch.links.is_empty() {
+            return;
+        }
+        let key = (batch.shard, batch.token);
+        let arrived = self.early.remove(&key).unwrap_or_default();
+        for &(shard, upto) in &arrived {
+            raise(&mut self.needed, shard, upto);
+        }
+        let missing = batch.links.len().saturating_sub(arrived.len());
+        if missing > 0 {
+            self.unlinked.insert(key, missing);
+        }
+    }
+
+    fn link(&mut self, link: Link) {
+        match self.unlinked.get_mut(&link.of) {
+            Some(missing) => {
+                *missing -= 1;
+                if *missing == 0 {
+                    self.unlinked.remove(&link.of);
+                }
+                raise(&mut self.needed, link.shard, link.upto);
+            }
+            None => self
+                .early
+                .entry(link.of)
+                .or_default()
+                .push((link.shard, link.upto)),
+        }
+    }
+
+    /// Moves into the group the waiting batches that links need. Each shard's batches wait
+    /// in its order, so what joins of a shard is always the oldest of it that waits: the
+    /// group holds a prefix of every shard's batches, and its highest token per shard says
+    /// that every batch up to it is durable.
+    fn pull(&mut self) {
+        loop {
+            let needed = &self.needed;
+            let (join, wait): (VecDeque<Batch>, VecDeque<Batch>) = std::mem::take(&mut self.later)
+                .into_iter()
+                .partition(|batch| {
+                    needed
+                        .get(batch.shard)
+                        .is_some_and(|&upto| batch.token <= upto)
+                });
+            self.later = wait;
+            if join.is_empty() {
+                return;
+            }
+            // A batch that joins may be linked itself, and need more.
+            for batch in join {
+                self.join(batch);
+            }
+        }
+    }
+
+    /// The changes to commit and the tokens they make durable; the group starts empty.
+    fn take(&mut self) -> (Vec<Op>, Vec<u64>) {
+        self.needed.clear();
+        (
+            std::mem::take(&mut self.ops),
+            std::mem::take(&mut self.tokens),
+        )
     }
 }
 
 fn run(
     mut backend: Box<dyn Backend>,
     settings: CommitSettings,
-    receiver: Receiver<Batch>,
+    receiver: Receiver<Item>,
     mut listener: Box<dyn CommitListener>,
 ) {
-    let mut ops: Vec<Op> = Vec::new();
-    // The highest token per shard in the group being committed.
-    let mut tokens: Vec<u64> = Vec::new();
-    while let Ok(first) = receiver.recv() {
-        absorb(first, &mut ops, &mut tokens);
+    let mut group = Group::default();
+    let mut open = true;
+    while open {
+        group.resume();
+        if group.is_empty() {
+            match receiver.recv() {
+                Ok(item) => group.gather(item),
+                Err(_) => break,
+            }
+        }
         let deadline = WallInstant::now() + settings.window;
-        let mut closed = false;
         loop {
             let left = deadline.saturating_duration_since(WallInstant::now());
             match receiver.recv_timeout(left) {
-                Ok(batch) => absorb(batch, &mut ops, &mut tokens),
+                Ok(item) => group.gather(item),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
-                    closed = true;
+                    open = false;
                     break;
                 }
             }
         }
         // Whatever arrived while waiting for the window also joins, without waiting more.
-        while let Ok(batch) = receiver.try_recv() {
-            absorb(batch, &mut ops, &mut tokens);
+        while let Ok(item) = receiver.try_recv() {
+            group.gather(item);
         }
-        loop {
+        while open && !group.complete() {
+            match receiver.recv() {
+                Ok(item) => group.close(item),
+                Err(_) => open = false,
+            }
+        }
+        if !open {
+            // The shards are gone and no link will come: write everything they sent.
+            group.resume();
+        }
+        let (ops, tokens) = group.take();
+        // A group of batches with nothing to write makes nothing more durable.
+        while !ops.is_empty() {
             match backend.apply(&ops, settings.durable) {
                 Ok(()) => break,
                 Err(error) => {
@@ -142,15 +311,10 @@ fn run(
                 }
             }
         }
-        ops.clear();
-        for (shard, token) in tokens.iter_mut().enumerate() {
-            if *token > 0 {
-                listener.committed(shard, *token);
-                *token = 0;
+        for (shard, token) in tokens.into_iter().enumerate() {
+            if token > 0 {
+                listener.committed(shard, token);
             }
-        }
-        if closed {
-            break;
         }
     }
 }
@@ -164,7 +328,7 @@ pub struct ShardStorage {
     durable: bool,
     ops: Vec<Op>,
     tokens: Arc<BatchTokens>,
-    sender: Option<Sender<Batch>>,
+    sender: Option<Sender<Item>>,
 }
 
 /// The tokens a shard's store has handed out, readable from the worker that owns the broker.
@@ -175,10 +339,16 @@ pub struct ShardStorage {
 /// (the runtime's fences), not for a disk. Such an *empty* batch is never sent to the
 /// committer, so a token above [`BatchTokens::sent`] is empty and durable as soon as the
 /// batches before it are.
+///
+/// A batch that was sent and forwarded acknowledged messages is *linked*: the committer
+/// holds it until each shard it forwarded to has sent a link ([`Linker::link`]), so that
+/// it commits together with what they stored. [`BatchTokens::take_linked`] says which
+/// links to ask for.
 #[derive(Debug, Default)]
 pub struct BatchTokens {
     issued: AtomicU64,
     sent: AtomicU64,
+    linked: Mutex<Vec<(u64, Vec<u16>)>>,
 }
 
 impl BatchTokens {
@@ -191,6 +361,35 @@ impl BatchTokens {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
+
+    /// The linked batches sent since the last call, as `(token, shards)`: each of those
+    /// shards must be asked for a link (after the messages forwarded to it), or the
+    /// committer waits for it forever.
+    pub fn take_linked(&self) -> Vec<(u64, Vec<u16>)> {
+        std::mem::take(&mut *lock(&self.linked))
+    }
+}
+
+/// How a shard answers a linked batch of another shard: it tells the committer which of its
+/// own batches hold what it did with the messages that batch forwarded.
+#[derive(Debug, Clone)]
+pub struct Linker {
+    shard: usize,
+    tokens: Arc<BatchTokens>,
+    sender: Sender<Item>,
+}
+
+impl Linker {
+    /// Batch `token` of `shard` forwarded messages here, all of them handled by now: it
+    /// commits with every batch this shard has sent so far. Call it when the shard's fence
+    /// arrives (behind the messages, in the same inbox).
+    pub fn link(&self, shard: usize, token: u64) {
+        let _ = self.sender.send(Item::Link(Link {
+            shard: self.shard,
+            upto: self.tokens.sent(),
+            of: (shard, token),
+        }));
+    }
 }
 
 impl ShardStorage {
@@ -199,9 +398,19 @@ impl ShardStorage {
         self.tokens.clone()
     }
 
-    fn send(&mut self, forwarded: bool) -> Durability {
+    /// This shard's side of linking, for the worker that owns the broker; `None` once the
+    /// committer is gone.
+    pub fn linker(&self) -> Option<Linker> {
+        Some(Linker {
+            shard: self.shard,
+            tokens: self.tokens.clone(),
+            sender: self.sender.clone()?,
+        })
+    }
+
+    fn send(&mut self, forwarded: &[u16]) -> Durability {
         if self.ops.is_empty() {
-            if forwarded && self.durable {
+            if !forwarded.is_empty() && self.durable {
                 // Nothing to write: the acknowledgements wait for the other shards only.
                 let token = self.tokens.issued.fetch_add(1, Ordering::Relaxed) + 1;
                 return Durability::Pending(token);
@@ -209,21 +418,25 @@ impl ShardStorage {
             return Durability::Durable;
         }
         let ops = std::mem::take(&mut self.ops);
-        let token = if self.durable {
+        let (token, links) = if self.durable {
             let token = self.tokens.issued.fetch_add(1, Ordering::Relaxed) + 1;
             self.tokens.sent.store(token, Ordering::Relaxed);
-            token
+            (token, forwarded.to_vec())
         } else {
-            0
+            (0, Vec::new())
         };
         // A batch the committer never gets is never durable: its acknowledgements stay held
         // (the client re-sends after reconnecting) rather than claim what is not true.
         if let Some(sender) = &self.sender {
-            let _ = sender.send(Batch {
+            if !links.is_empty() {
+                lock(&self.tokens.linked).push((token, links.clone()));
+            }
+            let _ = sender.send(Item::Batch(Batch {
                 shard: self.shard,
                 token,
                 ops,
-            });
+                links,
+            }));
         }
         if self.durable {
             Durability::Pending(token)
@@ -231,6 +444,11 @@ impl ShardStorage {
             Durability::Durable
         }
     }
+}
+
+/// Nothing panics while holding these locks; a poisoned one is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Storage for ShardStorage {
@@ -255,10 +473,114 @@ impl Storage for ShardStorage {
     }
 
     fn commit(&mut self) -> Durability {
-        self.send(false)
+        self.send(&[])
     }
 
-    fn commit_forwarding(&mut self, forwarded: bool) -> Durability {
+    fn commit_forwarding(&mut self, forwarded: &[u16]) -> Durability {
         self.send(forwarded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(shard: usize, token: u64, links: &[u16]) -> Item {
+        Item::Batch(Batch {
+            shard,
+            token,
+            ops: vec![Op::DeleteSession(format!("{shard}/{token}"))],
+            links: links.to_vec(),
+        })
+    }
+
+    fn link(shard: usize, upto: u64, of: (usize, u64)) -> Item {
+        Item::Link(Link { shard, upto, of })
+    }
+
+    fn keys(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                Op::DeleteSession(key) => key.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_linked_batch_commits_with_what_the_link_names() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        assert!(!group.complete());
+        // After the window: shard 1 stores its copy, then links.
+        group.close(batch(1, 1, &[]));
+        assert!(!group.complete());
+        group.close(link(1, 1, (0, 1)));
+        assert!(group.complete());
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "1/1"]);
+        assert_eq!(tokens, [1, 1]);
+    }
+
+    #[test]
+    fn what_no_link_needs_after_the_window_waits_for_the_next_group() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        group.close(batch(2, 1, &[]));
+        group.close(batch(1, 1, &[]));
+        group.close(batch(0, 2, &[]));
+        group.close(link(1, 1, (0, 1)));
+        assert!(group.complete());
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "1/1"]);
+        assert_eq!(tokens, [1, 1]);
+        group.resume();
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["2/1", "0/2"], "in the order they came");
+        assert_eq!(tokens, [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_link_names_every_batch_of_its_shard_up_to_it_in_order() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        group.close(batch(1, 1, &[]));
+        group.close(batch(1, 2, &[]));
+        group.close(batch(1, 3, &[]));
+        group.close(link(1, 2, (0, 1)));
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "1/1", "1/2"]);
+        assert_eq!(tokens, [1, 2]);
+    }
+
+    #[test]
+    fn a_linked_batch_that_joins_late_brings_its_own_links() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        // Shard 1 forwarded to shard 0 too before it handled shard 0's fence.
+        group.close(batch(1, 1, &[0]));
+        group.close(batch(0, 2, &[]));
+        group.close(link(1, 1, (0, 1)));
+        assert!(!group.complete(), "1/1 waits for shard 0's link");
+        group.close(link(0, 2, (1, 1)));
+        assert!(group.complete());
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "1/1", "0/2"]);
+        assert_eq!(tokens, [2, 1]);
+    }
+
+    #[test]
+    fn a_link_for_a_waiting_batch_is_kept_until_the_batch_joins() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        group.close(batch(2, 1, &[1]));
+        group.close(batch(1, 1, &[]));
+        group.close(link(1, 1, (2, 1)));
+        group.close(link(1, 1, (0, 1)));
+        let (ops, _) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "1/1"]);
+        group.resume();
+        assert!(group.complete(), "2/1's link came while it waited");
+        assert_eq!(keys(&group.take().0), ["2/1"]);
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use petrel_state::broker::StoredState;
 
 pub use backend::{Backend, Op, RawState, StoreError};
-pub use commit::{BatchTokens, CommitListener, CommitSettings, Committer, ShardStorage};
+pub use commit::{BatchTokens, CommitListener, CommitSettings, Committer, Linker, ShardStorage};
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "fjall")]
 pub use fjall_store::FjallStore;

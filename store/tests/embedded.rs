@@ -74,6 +74,51 @@ fn committed_state_comes_back_after_reopening() {
 }
 
 #[test]
+fn a_linked_batch_waits_for_the_other_shards_link_and_commits_with_its_batches() {
+    let dir = Scratch::new("linked");
+    let clock = clock();
+    let (listener, committed) = commits();
+    let committer = Committer::start(
+        Box::new(EmbeddedStore::open(&dir.0).unwrap()),
+        SETTINGS,
+        clock,
+        listener,
+    )
+    .unwrap();
+    let mut publisher = committer.shard(0);
+    let mut subscriber = committer.shard(1);
+    let linker = subscriber.linker().unwrap();
+    // The publisher's input stored its marker and forwarded the message to shard 1.
+    publisher.save_session(&session("publisher", 3600));
+    assert_eq!(publisher.commit_forwarding(&[1]), Durability::Pending(1));
+    assert_eq!(publisher.tokens().take_linked(), vec![(1, vec![1])]);
+    assert!(publisher.tokens().take_linked().is_empty());
+    assert!(
+        committed.recv_timeout(Duration::from_millis(100)).is_err(),
+        "long past the window, the batch waits for shard 1"
+    );
+    // Shard 1 stores its copy, then its fence from shard 0 arrives.
+    subscriber.save_session(&session("subscriber", 3600));
+    assert_eq!(subscriber.commit(), Durability::Pending(1));
+    linker.link(0, 1);
+    let mut seen = [0u64; 2];
+    while seen != [1, 1] {
+        let (shard, token) = committed.recv_timeout(Duration::from_secs(5)).unwrap();
+        seen[shard] = token;
+    }
+    // An input that forwarded but wrote nothing is never the committer's.
+    assert_eq!(publisher.commit_forwarding(&[1]), Durability::Pending(2));
+    assert!(publisher.tokens().take_linked().is_empty());
+    assert_eq!(publisher.tokens().sent(), 1);
+    drop((publisher, subscriber, linker));
+    committer.finish();
+
+    let mut store = EmbeddedStore::open(&dir.0).unwrap();
+    let loaded = load(&mut store, clock).unwrap();
+    assert_eq!(loaded.state.sessions.len(), 2);
+}
+
+#[test]
 fn expired_sessions_and_messages_are_removed_from_disk() {
     let dir = Scratch::new("expiry");
     // A process that started 100 s ago.

@@ -279,6 +279,8 @@ pub struct Broker {
     retained_sweep_scheduled: bool,
     next_assigned_id: u64,
     scratch: Vec<(SessionKey, SubscriptionSpec)>,
+    /// The shards an input forwarded acknowledged messages to, kept to reuse its allocation.
+    forwarded_to: Vec<u16>,
 }
 
 impl core::fmt::Debug for Broker {
@@ -325,6 +327,7 @@ impl Broker {
             retained_sweep_scheduled: false,
             next_assigned_id: 0,
             scratch: Vec::new(),
+            forwarded_to: Vec::new(),
         }
     }
 
@@ -1920,11 +1923,16 @@ impl Broker {
         let conns = self.touched_conns.take_sorted();
         // Messages for other shards leave after this input: a store shared by the shards
         // may hold the acknowledgements until those shards have stored their copies.
-        let forwarded = self
-            .shard_out
-            .iter()
-            .any(|(_, message)| message.awaits_durability());
-        match self.storage.commit_forwarding(forwarded) {
+        let mut forwarded = core::mem::take(&mut self.forwarded_to);
+        forwarded.clear();
+        for (shard, message) in &self.shard_out {
+            if message.awaits_durability() && !forwarded.contains(shard) {
+                forwarded.push(*shard);
+            }
+        }
+        let durability = self.storage.commit_forwarding(&forwarded);
+        self.forwarded_to = forwarded;
+        match durability {
             Durability::Durable => {
                 self.touched_conns.extend(conns);
             }

@@ -78,11 +78,13 @@ pub trait Storage {
     /// Ends the batch of calls made for one input.
     fn commit(&mut self) -> Durability;
 
-    /// Ends the batch of one input that also handed messages to other shards
-    /// (`forwarded`). A store that the shards share may answer `Pending` then even for an
-    /// empty batch, so that the runtime can hold this input's acknowledgements until the
-    /// other shards have stored their copies too.
-    fn commit_forwarding(&mut self, forwarded: bool) -> Durability {
+    /// Ends the batch of one input that also handed acknowledged (QoS 1 and 2) messages to
+    /// the shards `forwarded` (each named once). A store that the shards share may answer
+    /// `Pending` then even for an empty batch, so that the runtime can hold this input's
+    /// acknowledgements until the other shards have stored their copies too; and it may
+    /// commit this batch together with those copies, so that a publisher's exactly-once
+    /// marker is never durable without them, nor they without it.
+    fn commit_forwarding(&mut self, forwarded: &[u16]) -> Durability {
         let _ = forwarded;
         self.commit()
     }
