@@ -622,10 +622,16 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             // The goodbyes may wait for a store commit, reported through the inbox; and the
-            // other shards' commits for this shard's links.
+            // other shards' commits for this shard's links, which must name the copies of
+            // what they forwarded here.
             while let Ok(message) = inbox.try_recv() {
                 match message {
                     WorkerMessage::Committed(upto) => self.committed(upto),
+                    WorkerMessage::Shard(message) => {
+                        let now = self.now();
+                        self.broker.borrow_mut().handle_shard_message(now, message);
+                        self.after_input();
+                    }
                     WorkerMessage::Fence {
                         from,
                         token,
