@@ -52,12 +52,20 @@ class Broker:
 
     def start(self):
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log)
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("listening on"):
+        for attempt in range(50):
+            self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log)
+            line = self.proc.stdout.readline().decode()
+            if line.startswith("listening on"):
+                return time.monotonic() - started
+            self.proc.wait()
             self.log.seek(0)
-            raise RuntimeError(f"petrel did not start: {line!r} {self.log.read().decode()}")
-        return time.monotonic() - started
+            log = self.log.read().decode(errors="replace")
+            # While the broker is down, a client's reconnect attempt to its port can take
+            # that very port as its own (a TCP self-connect) until it gives up on it.
+            if "Address already in use" not in log.rstrip().rsplit("\n", 1)[-1]:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"petrel did not start: {line!r} {log}")
 
     def kill9(self):
         self.proc.kill()
