@@ -1,6 +1,7 @@
 //! The per-client limits of the broker core, without a socket: publish rate (DISCONNECT
-//! 0x96), topic levels and length (PUBACK 0x90, SUBACK 0x8F / 0x80), and the counters
-//! `$SYS` reports for them and for the packet-size and receive-maximum limits.
+//! 0x96), topic levels and length (PUBACK 0x90, SUBACK 0x8F / 0x80), the outbound in-flight
+//! window and the queue behind it, and the counters `$SYS` reports for them and for the
+//! packet-size and receive-maximum limits.
 
 use bytes::{Bytes, BytesMut};
 use petrel_codec::{
@@ -9,7 +10,7 @@ use petrel_codec::{
 };
 use petrel_state::broker::limits::{ClientLimits, Rate};
 use petrel_state::broker::{AllowAll, Broker, BrokerConfig, ConnectionId, NoStorage};
-use petrel_state::server::ServerConfig;
+use petrel_state::server::{QueueLimits, ServerConfig};
 use petrel_state::{Duration, Instant};
 
 use ProtocolVersion::{V311, V5};
@@ -81,6 +82,15 @@ impl Net {
     }
 
     fn connect(&mut self, client_id: &str, version: ProtocolVersion) -> Client {
+        self.connect_with(client_id, version, Properties::default())
+    }
+
+    fn connect_with(
+        &mut self,
+        client_id: &str,
+        version: ProtocolVersion,
+        properties: Properties<'_>,
+    ) -> Client {
         let id = self.broker.open(self.now, Some("127.0.0.1:5000"));
         let mut client = Client {
             id,
@@ -94,7 +104,7 @@ impl Net {
                 protocol_version: version,
                 clean_start: true,
                 keep_alive: 0,
-                properties: Properties::default(),
+                properties,
                 client_id,
                 will: None,
                 username: None,
@@ -128,10 +138,14 @@ impl Net {
     }
 
     fn subscribe(&mut self, client: &mut Client, filter: &str) {
+        self.subscribe_at(client, filter, QoS::AtMostOnce);
+    }
+
+    fn subscribe_at(&mut self, client: &mut Client, filter: &str, qos: QoS) {
         client.next_id += 1;
         let filters = [SubscribeFilter {
             filter,
-            options: SubscriptionOptions::qos(QoS::AtMostOnce),
+            options: SubscriptionOptions::qos(qos),
         }];
         self.send(
             client,
@@ -256,4 +270,77 @@ fn oversized_packets_and_receive_maximum_are_counted() {
         "{answers:?}"
     );
     assert_eq!(net.broker.stats().receive_maximum_exceeded, 1);
+}
+
+/// The packet identifiers of the PUBLISH packets among `frames`.
+fn publish_ids(version: ProtocolVersion, frames: &[Bytes]) -> Vec<PacketId> {
+    frames
+        .iter()
+        .filter_map(|frame| match Decoder::new(version).decode(frame).unwrap() {
+            Decoded::Packet {
+                packet: Packet::Publish(p),
+                ..
+            } => p.packet_id,
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn outbound_in_flight_is_the_lower_of_both_limits_and_the_rest_waits_in_the_queue() {
+    const QUEUE: usize = 3;
+    const SENT: usize = 8;
+    let server = ServerConfig {
+        max_inflight: 2,
+        queue: QueueLimits {
+            max_messages: QUEUE,
+            ..QueueLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut net = Net::new(ClientLimits::default(), server);
+    let mut dropped = 0;
+    // The subscriber, its version, the Receive Maximum it announces, the window it gets:
+    // a 5.0 client never gets more than it announced [MQTT-4.9.0-2] nor more than the
+    // server's cap, and a 3.1.1 client, which cannot announce one, gets the cap.
+    for (name, version, announced, window) in [
+        ("wide", V5, Some(10), 2),
+        ("narrow", V5, Some(1), 1),
+        ("silent", V5, None, 2),
+        ("old", V311, None, 2),
+    ] {
+        let properties = Properties {
+            receive_maximum: announced,
+            ..Properties::default()
+        };
+        let mut subscriber = net.connect_with(name, version, properties);
+        let topic = format!("{name}/t");
+        net.subscribe_at(&mut subscriber, &topic, QoS::AtLeastOnce);
+        net.frames(&mut subscriber);
+        let mut publisher = net.connect(&format!("{name}-publisher"), V5);
+        for _ in 0..SENT {
+            net.publish(&mut publisher, &topic, QoS::AtLeastOnce);
+        }
+        let mut outstanding = publish_ids(version, &net.frames(&mut subscriber));
+        assert_eq!(outstanding.len(), window, "{name}");
+        let mut delivered = outstanding.len();
+        // Each acknowledgement lets one queued message out, never more than the window.
+        while let Some(packet_id) = outstanding.pop() {
+            net.send(
+                &subscriber,
+                Packet::PubAck(petrel_codec::PubResponse::new(packet_id)),
+            );
+            let more = publish_ids(version, &net.frames(&mut subscriber));
+            delivered += more.len();
+            outstanding.extend(more);
+            assert!(outstanding.len() <= window, "{name}: {outstanding:?}");
+        }
+        assert_eq!(delivered, window + QUEUE, "{name}");
+        dropped += SENT - window - QUEUE;
+        assert_eq!(
+            net.broker.stats().dropped.queue_full,
+            dropped as u64,
+            "{name}"
+        );
+    }
 }

@@ -609,6 +609,59 @@ fn outbound_window_honours_the_clients_receive_maximum_mqtt_4_9_0_2() {
 }
 
 #[test]
+fn outbound_window_is_capped_by_max_inflight_for_both_versions() {
+    for (version, announced) in [(V5, Some(50)), (V5, None), (V311, None)] {
+        let config = ServerConfig {
+            max_inflight: 3,
+            ..ServerConfig::default()
+        };
+        let mut wire = Wire::new(config, version);
+        let mut c = connect(version, "c");
+        c.properties.receive_maximum = announced;
+        wire.connect_with(c, Session::new("c", 0), false);
+        let outcomes: Vec<DeliveryOutcome> = (0..5)
+            .map(|_| {
+                wire.conn
+                    .deliver(wire.now, delivery("t", QoS::AtLeastOnce, b"m"))
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                DeliveryOutcome::Sent,
+                DeliveryOutcome::Sent,
+                DeliveryOutcome::Sent,
+                DeliveryOutcome::Queued,
+                DeliveryOutcome::Queued,
+            ],
+            "{version:?} announcing {announced:?}"
+        );
+        assert_eq!(wire.frames().len(), 3);
+        assert_eq!(wire.conn.session().unwrap().queue.len(), 2);
+    }
+}
+
+#[test]
+fn packet_trace_reports_each_decoded_frame_ahead_of_its_event() {
+    let mut wire = Wire::new(ServerConfig::default(), V5);
+    wire.connect();
+    wire.send(Packet::PingReq);
+    assert!(wire.events().is_empty(), "no trace until it is turned on");
+    wire.conn.set_packet_trace(true);
+    wire.send(Packet::PingReq);
+    wire.send(publish("t", QoS::AtLeastOnce, Some(1), b"x"));
+    let events = wire.events();
+    let [ServerEvent::Received(ping), ServerEvent::Received(frame), ServerEvent::Publish(p)] =
+        events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(&ping[..], &[0xC0, 0x00]);
+    assert!(matches!(decode(V5, frame), Packet::Publish(_)));
+    assert_eq!(p.packet_id, Some(pid(1)));
+}
+
+#[test]
 fn outbound_qos2_flow_mqtt_4_3_3() {
     let mut wire = Wire::new(ServerConfig::default(), V311);
     wire.connect();

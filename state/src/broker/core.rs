@@ -8,9 +8,11 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use petrel_codec::topic::SharedFilter;
-use petrel_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId};
+use petrel_codec::{
+    Decoded, Decoder, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId,
+};
 
 use crate::message::Message;
 use crate::server::{
@@ -20,7 +22,7 @@ use crate::server::{
 };
 use crate::time::{Duration, Instant};
 
-use super::hooks::{AuthDecision, ClientInfo, Hooks, PeerIdentity, Verdict};
+use super::hooks::{AuthDecision, ClientInfo, Hooks, PacketDirection, PeerIdentity, Verdict};
 use super::limits::{ClientLimits, TokenBucket};
 use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
@@ -281,6 +283,11 @@ pub struct Broker {
     scratch: Vec<(SessionKey, SubscriptionSpec)>,
     /// The shards an input forwarded acknowledged messages to, kept to reuse its allocation.
     forwarded_to: Vec<u16>,
+    /// The hooks observe every packet ([`Hooks::observes_packets`]).
+    trace_packets: bool,
+    /// Packets received and not yet shown to the hooks: they wait for the end of the
+    /// connection's input, when its CONNECT has named the client.
+    traced: Vec<(ConnectionId, Bytes)>,
 }
 
 impl core::fmt::Debug for Broker {
@@ -298,6 +305,8 @@ impl Broker {
     /// A broker shard with the given hooks and store, and no state.
     pub fn new(config: BrokerConfig, hooks: Box<dyn Hooks>, storage: Box<dyn Storage>) -> Self {
         Broker {
+            trace_packets: hooks.observes_packets(),
+            traced: Vec::new(),
             config,
             hooks,
             storage,
@@ -396,7 +405,8 @@ impl Broker {
         remote: Option<&str>,
         identity: Option<PeerIdentity>,
     ) -> ConnectionId {
-        let conn = ServerConnection::new(self.config.server.clone(), now);
+        let mut conn = ServerConnection::new(self.config.server.clone(), now);
+        conn.set_packet_trace(self.trace_packets);
         let deadline = conn.poll_timeout();
         let state = Box::new(ConnState {
             conn,
@@ -513,6 +523,9 @@ impl Broker {
         let after = state.conn.session().map(footprint);
         let refilled = state.conn.pending_transmit() > 0;
         let session = state.session;
+        if self.trace_packets && n > 0 {
+            self.trace_sent(id, &out[out.len() - n..]);
+        }
         if refilled {
             // The queue refilled the window: that new in-flight state is stored before the
             // bytes go, like any other input's.
@@ -841,6 +854,13 @@ impl Broker {
         if let Some(key) = self.conn(id).and_then(|state| state.session) {
             self.touched_sessions.insert(key);
         }
+        self.drain_events(now, id);
+        if !self.traced.is_empty() {
+            self.trace_received();
+        }
+    }
+
+    fn drain_events(&mut self, now: Instant, id: ConnectionId) {
         loop {
             let Some(state) = self.conn_mut(id) else {
                 return;
@@ -862,7 +882,48 @@ impl Broker {
                 ServerEvent::Unsubscribe(request) => self.on_unsubscribe(now, id, request),
                 ServerEvent::Delivered { .. } => {}
                 ServerEvent::Closed(info) => self.on_closed(now, id, &info),
+                ServerEvent::Received(frame) => self.traced.push((id, frame)),
             }
+        }
+    }
+
+    /// Shows the hooks the packets received since the last call, in order.
+    fn trace_received(&mut self) {
+        for (id, frame) in core::mem::take(&mut self.traced) {
+            self.trace_frames(id, PacketDirection::Received, &frame);
+        }
+    }
+
+    /// Shows the hooks the packets in `bytes`, sent to connection `id`; first those
+    /// received before them, which they may answer.
+    fn trace_sent(&mut self, id: ConnectionId, bytes: &[u8]) {
+        if !self.traced.is_empty() {
+            self.trace_received();
+        }
+        self.trace_frames(id, PacketDirection::Sent, bytes);
+    }
+
+    /// Decodes the whole packets back to back in `bytes` (decoded once already, or encoded
+    /// by the connection itself) and calls [`Hooks::on_packet`] for each.
+    fn trace_frames(&mut self, id: ConnectionId, direction: PacketDirection, mut bytes: &[u8]) {
+        let Some(state) = self
+            .conns
+            .get(id.index as usize)
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.state.as_deref())
+        else {
+            return;
+        };
+        let info = Self::client_info(state, id);
+        // The connection's own version: it is set by the CONNECT even when the broker
+        // never sees the request (a CONNECT refused by the connection itself).
+        let decoder = Decoder::new(state.conn.version());
+        while let Ok(Decoded::Packet { packet, len }) = decoder.decode(bytes) {
+            let (Some(frame), Some(rest)) = (bytes.get(..len), bytes.get(len..)) else {
+                return;
+            };
+            self.hooks.on_packet(&info, direction, &packet, frame);
+            bytes = rest;
         }
     }
 

@@ -2,10 +2,12 @@
 //! their lifecycle. One trait serves the broker, the proxy and embedders; every method has a
 //! default that allows everything, so an implementation overrides only what it needs.
 
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use bytes::Bytes;
-use petrel_codec::{ProtocolVersion, ReasonCode, SubscriptionOptions};
+use petrel_codec::{Packet, PacketId, ProtocolVersion, ReasonCode, SubscriptionOptions};
 
 use crate::message::Message;
 use crate::server::{AuthRequest, CloseInfo, ConnectRequest};
@@ -64,6 +66,15 @@ pub enum Verdict {
     /// Refuse with this reason code: the PUBLISH is acknowledged with it (5.0) or
     /// acknowledged and dropped (3.1.1); the SUBSCRIBE filter gets it in SUBACK.
     Deny(ReasonCode),
+}
+
+/// Which way a packet crossed a client's connection, for [`Hooks::on_packet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketDirection {
+    /// From the client: decoded by the server connection.
+    Received,
+    /// To the client: encoded by the server connection and handed to the transport.
+    Sent,
 }
 
 /// Hooks into the broker. The union of what mochi-mqtt, gmqtt and mProxy offer: decide on
@@ -166,6 +177,76 @@ pub trait Hooks {
     /// A detached session expired and was removed.
     fn on_session_expired(&mut self, client_id: &str) {
         let _ = client_id;
+    }
+
+    /// Whether [`on_packet`](Hooks::on_packet) wants to see every packet. Asked once, when
+    /// the broker is built: while it answers false (the default), packets are neither kept
+    /// nor decoded a second time for the hook, so tracing costs nothing unless it is used.
+    fn observes_packets(&self) -> bool {
+        false
+    }
+
+    /// Every packet of a client's connection, both ways: each one the server connection
+    /// decodes (PINGREQ, PUBACK, PUBREL, DISCONNECT as much as PUBLISH), in order, and each
+    /// one it encodes, when the broker hands it to the transport (after the store made
+    /// what it depends on durable). `frame` is the packet's bytes on the wire (inside any
+    /// TLS or WebSocket framing). Called only when
+    /// [`observes_packets`](Hooks::observes_packets) says so; for logging and metering,
+    /// not for decisions, which the other hooks make. [`describe_packet`] gives one line
+    /// per packet.
+    fn on_packet(
+        &mut self,
+        client: &ClientInfo<'_>,
+        direction: PacketDirection,
+        packet: &Packet<'_>,
+        frame: &[u8],
+    ) {
+        let _ = (client, direction, packet, frame);
+    }
+}
+
+/// One line for a trace: the packet type and the fields that identify it (never the
+/// payload, which may be large or private; its size instead), for example
+/// `PUBACK id=7 Success` or `PUBLISH topic="a/b" qos=1 retain=false dup=false id=Some(7)
+/// payload=5B`.
+pub fn describe_packet(packet: &Packet<'_>) -> String {
+    match packet {
+        Packet::Connect(c) => format!(
+            "CONNECT v{} client_id={:?} username={:?} clean_start={} keep_alive={}",
+            c.protocol_version.level(),
+            c.client_id,
+            c.username,
+            c.clean_start,
+            c.keep_alive
+        ),
+        Packet::ConnAck(c) => format!(
+            "CONNACK {:?} session_present={}",
+            c.reason_code, c.session_present
+        ),
+        Packet::Publish(p) => format!(
+            "PUBLISH topic={:?} qos={} retain={} dup={} id={:?} payload={}B",
+            p.topic,
+            p.qos as u8,
+            p.retain,
+            p.dup,
+            p.packet_id.map(PacketId::get),
+            p.payload.len()
+        ),
+        Packet::PubAck(r) => format!("PUBACK id={} {:?}", r.packet_id.get(), r.reason_code),
+        Packet::PubRec(r) => format!("PUBREC id={} {:?}", r.packet_id.get(), r.reason_code),
+        Packet::PubRel(r) => format!("PUBREL id={} {:?}", r.packet_id.get(), r.reason_code),
+        Packet::PubComp(r) => format!("PUBCOMP id={} {:?}", r.packet_id.get(), r.reason_code),
+        Packet::Subscribe(s) => {
+            let filters: Vec<&str> = s.filters.iter().map(|f| f.filter).collect();
+            format!("SUBSCRIBE id={} {:?}", s.packet_id.get(), filters)
+        }
+        Packet::SubAck(s) => format!("SUBACK id={} {:?}", s.packet_id.get(), s.reason_codes),
+        Packet::Unsubscribe(u) => format!("UNSUBSCRIBE id={} {:?}", u.packet_id.get(), u.filters),
+        Packet::UnsubAck(u) => format!("UNSUBACK id={} {:?}", u.packet_id.get(), u.reason_codes),
+        Packet::PingReq => String::from("PINGREQ"),
+        Packet::PingResp => String::from("PINGRESP"),
+        Packet::Disconnect(d) => format!("DISCONNECT {:?}", d.reason_code),
+        Packet::Auth(a) => format!("AUTH {:?}", a.reason_code),
     }
 }
 

@@ -36,7 +36,10 @@ pub mod trie;
 
 pub use self::core::admin::{ClientSummary, PublishReport, SubscriptionSummary};
 pub use self::core::{Broker, BrokerConfig, BrokerStats, ConnectionId, DropTally, SharedPolicy};
-pub use hooks::{AllowAll, AuthDecision, ClientInfo, Hooks, PeerIdentity, Verdict};
+pub use hooks::{
+    describe_packet, AllowAll, AuthDecision, ClientInfo, Hooks, PacketDirection, PeerIdentity,
+    Verdict,
+};
 pub use shard::{owner_shard, ShardMessage};
 pub use storage::{
     Durability, MemoryStorage, NoStorage, SessionRecord, Storage, StoredState, StoredSubscription,

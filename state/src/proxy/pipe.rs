@@ -31,7 +31,10 @@ use petrel_codec::{
     Unsubscribe, UserProperty, Will, EMPTY_PROPERTIES,
 };
 
-use crate::broker::{AuthDecision, ClientInfo, ConnectionId, Hooks, PeerIdentity, Verdict};
+use crate::broker::{
+    describe_packet, AuthDecision, ClientInfo, ConnectionId, Hooks, PeerIdentity,
+    Verdict,
+};
 use crate::message::{Message, MessageProperties};
 use crate::server::ConnectRequest;
 use crate::time::Instant;
@@ -387,7 +390,7 @@ impl Pipe {
             self.events.push_back(PipeEvent::Trace {
                 client_id: self.client_id.clone(),
                 to,
-                line: format!("{}{note}", describe(packet)),
+                line: format!("{}{note}", describe_packet(packet)),
             });
         }
     }
@@ -921,49 +924,6 @@ fn connect_request(connect: &Connect<'_>, frame: &Bytes) -> ConnectRequest {
             .iter()
             .map(|p| (String::from(p.name), String::from(p.value)))
             .collect(),
-    }
-}
-
-/// One line for a trace: the packet type and the fields that identify it (never the
-/// payload, which may be large or private; its size instead).
-fn describe(packet: &Packet<'_>) -> String {
-    match packet {
-        Packet::Connect(c) => format!(
-            "CONNECT v{} client_id={:?} username={:?} clean_start={} keep_alive={}",
-            c.protocol_version.level(),
-            c.client_id,
-            c.username,
-            c.clean_start,
-            c.keep_alive
-        ),
-        Packet::ConnAck(c) => format!(
-            "CONNACK {:?} session_present={}",
-            c.reason_code, c.session_present
-        ),
-        Packet::Publish(p) => format!(
-            "PUBLISH topic={:?} qos={} retain={} dup={} id={:?} payload={}B",
-            p.topic,
-            p.qos as u8,
-            p.retain,
-            p.dup,
-            p.packet_id.map(PacketId::get),
-            p.payload.len()
-        ),
-        Packet::PubAck(r) => format!("PUBACK id={} {:?}", r.packet_id.get(), r.reason_code),
-        Packet::PubRec(r) => format!("PUBREC id={} {:?}", r.packet_id.get(), r.reason_code),
-        Packet::PubRel(r) => format!("PUBREL id={} {:?}", r.packet_id.get(), r.reason_code),
-        Packet::PubComp(r) => format!("PUBCOMP id={} {:?}", r.packet_id.get(), r.reason_code),
-        Packet::Subscribe(s) => {
-            let filters: Vec<&str> = s.filters.iter().map(|f| f.filter).collect();
-            format!("SUBSCRIBE id={} {:?}", s.packet_id.get(), filters)
-        }
-        Packet::SubAck(s) => format!("SUBACK id={} {:?}", s.packet_id.get(), s.reason_codes),
-        Packet::Unsubscribe(u) => format!("UNSUBSCRIBE id={} {:?}", u.packet_id.get(), u.filters),
-        Packet::UnsubAck(u) => format!("UNSUBACK id={} {:?}", u.packet_id.get(), u.reason_codes),
-        Packet::PingReq => String::from("PINGREQ"),
-        Packet::PingResp => String::from("PINGRESP"),
-        Packet::Disconnect(d) => format!("DISCONNECT {:?}", d.reason_code),
-        Packet::Auth(a) => format!("AUTH {:?}", a.reason_code),
     }
 }
 

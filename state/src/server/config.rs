@@ -23,11 +23,13 @@ pub struct ServerConfig {
     /// The largest packet accepted from the client (announced as Maximum Packet Size); a
     /// larger one closes the connection with 0x95.
     pub max_packet_size: u32,
-    /// Outbound QoS 1 and 2 messages in flight at once to a 3.1.1 client, which has no way
-    /// to announce a receive maximum (a 5.0 client's own Receive Maximum applies instead).
-    /// 100, as rumqttd: mosquitto's 20 caps one subscriber at 20 messages per round trip,
-    /// a third of what the same broker delivers with 100 on loopback (see BENCHMARKS.md).
-    pub v311_inflight_window: u16,
+    /// Outbound QoS 1 and 2 messages in flight at once to one client (mosquitto's
+    /// `max_inflight_messages`): all a 3.1.1 client, which cannot announce a receive
+    /// maximum, gets; a 5.0 client gets the lower of this and its own Receive Maximum. The
+    /// rest wait in the session queue, within [`queue`](Self::queue). 100, as rumqttd:
+    /// mosquitto's 20 caps one subscriber at 20 messages per round trip, a third of what
+    /// the same broker delivers with 100 on loopback (see BENCHMARKS.md).
+    pub max_inflight: u16,
     /// The highest topic alias the client may use; 0 refuses aliases.
     pub topic_alias_maximum: u16,
     /// Whether to give outbound topic aliases to 5.0 clients that accept them.
@@ -60,7 +62,7 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: 0,
             receive_maximum: 1024,
-            v311_inflight_window: 100,
+            max_inflight: 100,
             max_packet_size: 1024 * 1024,
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,

@@ -145,6 +145,8 @@ pub struct ServerConnection {
     pending_subscribes: Vec<(PacketId, usize)>,
     pending_unsubscribes: Vec<(PacketId, usize)>,
     stats: ConnectionStats,
+    /// Whether every decoded packet is reported as [`ServerEvent::Received`].
+    trace_packets: bool,
 }
 
 impl fmt::Debug for ServerConnection {
@@ -190,7 +192,16 @@ impl ServerConnection {
             pending_subscribes: Vec::new(),
             pending_unsubscribes: Vec::new(),
             stats: ConnectionStats::default(),
+            trace_packets: false,
         }
+    }
+
+    /// Reports every packet decoded from now on as a [`ServerEvent::Received`] ahead of
+    /// the events it raises (a packet trace; the broker turns it on when its hooks observe
+    /// packets). What is sent needs no such help: it is the bytes of
+    /// [`poll_transmit`](Self::poll_transmit), whole packets back to back.
+    pub fn set_packet_trace(&mut self, on: bool) {
+        self.trace_packets = on;
     }
 
     // -----------------------------------------------------------------------------------------
@@ -737,6 +748,9 @@ impl ServerConnection {
             };
             self.stats.packets_received += 1;
             self.last_received = now;
+            if self.trace_packets {
+                self.events.push_back(ServerEvent::Received(frame.clone()));
+            }
             self.handle_packet(now, packet, &frame);
         }
     }
@@ -812,12 +826,14 @@ impl ServerConnection {
             u32::MAX
         };
         self.session_expiry_interval = requested_expiry.min(self.config.max_session_expiry);
-        // A 3.1.1 client cannot say how many messages it can take at once: it gets the
-        // configured window (mosquitto's `max_inflight_messages`).
+        // The outbound window: what a 5.0 client says it can take at once [MQTT-4.9.0-2],
+        // within the server's own cap (mosquitto's `max_inflight_messages`), which is all a
+        // 3.1.1 client, with no way to say, gets.
+        let cap = self.config.max_inflight.max(1);
         self.client_receive_maximum = if v5 {
-            props.receive_maximum.unwrap_or(u16::MAX)
+            props.receive_maximum.unwrap_or(u16::MAX).min(cap)
         } else {
-            self.config.v311_inflight_window.max(1)
+            cap
         };
         self.client_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
         self.client_topic_alias_maximum = props.topic_alias_maximum.unwrap_or(0);

@@ -36,6 +36,10 @@ pub enum ServerEvent {
     },
     /// The connection is over. Flush what `poll_transmit` still gives, then close the socket.
     Closed(CloseInfo),
+    /// A packet was decoded: its whole frame, reported ahead of whatever event the packet
+    /// raises. Only after
+    /// [`ServerConnection::set_packet_trace`](super::ServerConnection::set_packet_trace).
+    Received(Bytes),
 }
 
 /// A CONNECT, owned.

@@ -587,6 +587,8 @@ impl ServerApp {
                 // The test client never uses enhanced authentication.
                 conn.close(now, ReasonCode::BadAuthenticationMethod);
             }
+            // The harness never turns the packet trace on.
+            ServerEvent::Received(_) => {}
         }
     }
 
