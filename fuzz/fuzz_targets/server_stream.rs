@@ -14,6 +14,9 @@
 //! every expiry, and nothing may be left open. Memory is watched by libFuzzer's
 //! `-rss_limit_mb` and `-malloc_limit_mb` (2 GB by default): a leak or an unbounded queue
 //! shows up as an `oom-…` artifact.
+//!
+//! The hooks observe every packet (`Hooks::on_packet`), so the packet trace, which decodes
+//! again what the connections decoded and encoded, runs on every input too.
 #![no_main]
 
 use std::sync::Arc;
@@ -21,7 +24,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use petrel_state::broker::limits::{ClientLimits, Rate};
-use petrel_state::broker::{AllowAll, Broker, BrokerConfig, ConnectionId, NoStorage};
+use petrel_codec::Packet;
+use petrel_state::broker::{
+    describe_packet, Broker, BrokerConfig, ClientInfo, ConnectionId, Hooks, NoStorage,
+    PacketDirection,
+};
 use petrel_state::server::{QueueLimits, ServerConfig};
 use petrel_state::{Duration, Instant};
 
@@ -55,7 +62,27 @@ fn broker() -> Broker {
         },
         ..BrokerConfig::default()
     };
-    Broker::new(config, Box::new(AllowAll), Box::new(NoStorage))
+    Broker::new(config, Box::new(Trace), Box::new(NoStorage))
+}
+
+/// Hooks that allow everything and describe every packet.
+struct Trace;
+
+impl Hooks for Trace {
+    fn observes_packets(&self) -> bool {
+        true
+    }
+
+    fn on_packet(
+        &mut self,
+        _client: &ClientInfo<'_>,
+        _direction: PacketDirection,
+        packet: &Packet<'_>,
+        frame: &[u8],
+    ) {
+        assert!(!frame.is_empty());
+        std::hint::black_box(describe_packet(packet));
+    }
 }
 
 struct Harness {

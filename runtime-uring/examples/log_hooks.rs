@@ -1,17 +1,20 @@
-//! Hooks that log every packet the broker core hands to hooks: CONNECT (and AUTH), the
+//! Hooks that log every packet and every event: each packet a client sends and each one
+//! the broker sends it (`<-` received, `->` sent: PUBACK, PUBREC/PUBREL/PUBCOMP,
+//! PINGREQ/PINGRESP, SUBACK, CONNACK and DISCONNECT as much as PUBLISH), through
+//! `on_packet`, and what the broker decides on the way: CONNECT (and AUTH), the
 //! connection's acceptance and end, every PUBLISH with its receivers, every SUBSCRIBE and
 //! UNSUBSCRIBE filter, every delivery to a subscriber, wills and expired sessions. They
 //! allow everything, so they can sit in front of any deployment to see what clients do.
 //!
-//! Acknowledgements, PINGREQ and other flow-control packets never reach hooks; run the
-//! broker with `--log-level debug` to trace every packet on the wire instead.
+//! `on_packet` is called only because `observes_packets` says so: a broker whose hooks
+//! do not ask keeps no packet for them and decodes nothing twice.
 //!
 //! Run it with `cargo run -p petrel --example log_hooks`, then talk to it, for example
 //! `mosquitto_sub -p PORT -t 'demo/#'` and `mosquitto_pub -p PORT -t demo/x -m hi` with the
 //! port it prints. It publishes one message itself, then serves until Ctrl-C.
 
-use petrel::{Config, Server};
-use petrel_codec::{ReasonCode, SubscriptionOptions};
+use petrel::{describe_packet, Config, PacketDirection, Server};
+use petrel_codec::{Packet, ReasonCode, SubscriptionOptions};
 use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
 use petrel_state::message::Message;
 use petrel_state::server::{AuthRequest, CloseInfo, ConnectRequest};
@@ -150,11 +153,36 @@ impl Hooks for LogHooks {
     fn on_session_expired(&mut self, client_id: &str) {
         println!("w{} session of {client_id} expired", self.worker);
     }
+
+    fn observes_packets(&self) -> bool {
+        true
+    }
+
+    fn on_packet(
+        &mut self,
+        client: &ClientInfo<'_>,
+        direction: PacketDirection,
+        packet: &Packet<'_>,
+        _frame: &[u8],
+    ) {
+        let arrow = match direction {
+            PacketDirection::Received => "<-",
+            PacketDirection::Sent => "->",
+        };
+        println!(
+            "w{} {arrow} {} {}",
+            self.worker,
+            Self::who(client),
+            describe_packet(packet)
+        );
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::default();
     config.listeners[0].bind = Some("127.0.0.1:0".parse()?);
+    // A demonstration keeps nothing on disk.
+    config.store.kind = petrel::persistence::StoreKind::Memory;
     // No $SYS: its messages every ten seconds would drown the clients' lines.
     config.sys.interval = 0;
     let next_worker = std::sync::atomic::AtomicUsize::new(0);

@@ -53,8 +53,9 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Inbound QoS 1/2 messages a client may have unacknowledged.
     pub receive_maximum: u16,
-    /// Outbound QoS 1/2 messages in flight at once to a 3.1.1 client (mosquitto's
-    /// `max_inflight_messages`); a 5.0 client's Receive Maximum applies to it instead.
+    /// Outbound QoS 1/2 messages in flight at once to one client (mosquitto's
+    /// `max_inflight_messages`); a 5.0 client that announces a lower Receive Maximum gets
+    /// that.
     pub max_inflight_messages: u16,
     /// Longest keep-alive granted to a 5.0 client, in seconds (0: no cap).
     pub max_keep_alive: u16,
@@ -98,7 +99,7 @@ impl Default for Limits {
         Limits {
             max_packet_size: server.max_packet_size,
             receive_maximum: server.receive_maximum,
-            max_inflight_messages: server.v311_inflight_window,
+            max_inflight_messages: server.max_inflight,
             max_keep_alive: server.max_keep_alive,
             max_queued_messages: server.queue.max_messages,
             max_queued_bytes: server.queue.max_bytes,
@@ -279,7 +280,7 @@ impl Config {
             connect_timeout: Duration::from_secs(l.connect_timeout),
             max_keep_alive: l.max_keep_alive,
             receive_maximum: l.receive_maximum,
-            v311_inflight_window: l.max_inflight_messages,
+            max_inflight: l.max_inflight_messages,
             max_packet_size: l.max_packet_size,
             topic_alias_maximum: l.topic_alias_maximum,
             maximum_qos: QoS::from_bits(l.maximum_qos).unwrap_or(QoS::ExactlyOnce),

@@ -7,8 +7,8 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use petrel_codec::topic::matches;
-use petrel_codec::{ReasonCode, SubscriptionOptions};
-use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, Verdict};
+use petrel_codec::{Packet, ReasonCode, SubscriptionOptions};
+use petrel_state::broker::{AuthDecision, ClientInfo, Hooks, PacketDirection, Verdict};
 use petrel_state::message::Message;
 use petrel_state::server::{AuthRequest, CloseInfo, ConnectRequest};
 use tracing::{debug, info};
@@ -225,6 +225,24 @@ impl Hooks for RuntimeHooks {
     fn on_session_expired(&mut self, client_id: &str) {
         if let Some(user) = self.user.as_mut() {
             user.on_session_expired(client_id);
+        }
+    }
+
+    fn observes_packets(&self) -> bool {
+        self.user
+            .as_ref()
+            .is_some_and(|user| user.observes_packets())
+    }
+
+    fn on_packet(
+        &mut self,
+        client: &ClientInfo<'_>,
+        direction: PacketDirection,
+        packet: &Packet<'_>,
+        frame: &[u8],
+    ) {
+        if let Some(user) = self.user.as_mut() {
+            user.on_packet(client, direction, packet, frame);
         }
     }
 }

@@ -32,7 +32,9 @@
 //! ACL files, the `[limits]`). Examples in `runtime-uring/examples/`: `embedded.rs` (a
 //! tenant prefix and the inline client), `authorize_rewrite.rs` (mProxy-style
 //! AuthConnect / AuthPublish / AuthSubscribe with topic rewriting, driven by rumqttc
-//! clients) and `log_hooks.rs` (a line for every event the hooks see).
+//! clients) and `log_hooks.rs` (a line for every event the hooks see, and for every packet
+//! both ways through [`Hooks::on_packet`], which costs nothing unless
+//! [`Hooks::observes_packets`] asks for it).
 //!
 //! [tokio-uring]: https://docs.rs/tokio-uring
 
@@ -59,7 +61,9 @@ use std::thread::JoinHandle;
 
 pub use auth::AuthConfig;
 pub use config::{Anonymous, Config, ConfigError, ListenerConfig};
-pub use petrel_state::broker::{AllowAll, AuthDecision, ClientInfo, Hooks, Verdict};
+pub use petrel_state::broker::{
+    describe_packet, AllowAll, AuthDecision, ClientInfo, Hooks, PacketDirection, Verdict,
+};
 use petrel_state::message::Message;
 use shared::{Shared, WorkerMessage, WorkerStats};
 

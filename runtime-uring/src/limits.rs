@@ -134,6 +134,14 @@ impl Limits {
                 "$SYS/broker/limits/receive maximum exceeded",
                 sum(|s| s.receive_maximum_exceeded),
             ),
+            (
+                "$SYS/broker/limits/queue full",
+                sum(|s| s.dropped.queue_full),
+            ),
+            (
+                "$SYS/broker/limits/outbound buffer full",
+                sum(|s| s.dropped.buffer_full),
+            ),
         ]
     }
 }

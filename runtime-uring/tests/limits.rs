@@ -1,6 +1,7 @@
-//! Limits from real clients: connections per address, publish rate (DISCONNECT 0x96),
-//! topic levels and length, with mosquitto_pub / mosquitto_sub and raw packets, and their
-//! `$SYS` counters.
+//! Limits from real clients: connections in all and per address, connection rate per
+//! address, publish rate (DISCONNECT 0x96), topic levels and length, packet size (0x95),
+//! the receive maximum (0x93), the outbound in-flight window and the queue behind it, with
+//! mosquitto_pub / mosquitto_sub and raw packets, and each limit's `$SYS` counter.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use common::raw::Raw;
 use common::{Broker, Sub};
-use petrel_codec::{ProtocolVersion, ReasonCode};
+use petrel_codec::{
+    Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+};
 
 fn start(name: &str, limits: &str) -> Broker {
     let config =
@@ -56,22 +59,156 @@ fn connections_per_address_are_capped() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ok, "a place did not come back");
-    let lines = Sub::start(
-        &broker,
-        &[
-            "-t",
-            "$SYS/broker/limits/connections per address refused",
-            "-C",
-            "2",
-            "-W",
-            "5",
-        ],
-    )
-    .lines();
-    // The retained value first, then the next tick's, which counts the refusals.
-    let last = lines.last().map(String::as_str).unwrap_or_default();
-    let count = last.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok());
-    assert!(count.is_some_and(|n| n >= 1), "{lines:?}");
+    assert!(sys_count(&broker, "connections per address refused") >= 1);
+}
+
+/// The value of `$SYS/broker/limits/{name}` at a tick after now. Read through `$SYS/#`,
+/// which fits the tightest topic limits the tests set.
+fn sys_count(broker: &Broker, name: &str) -> u64 {
+    let topic = format!("$SYS/broker/limits/{name} ");
+    let lines = Sub::start(broker, &["-t", "$SYS/#", "-W", "3"]).lines();
+    // The retained value first, then each tick's, which counts what came before.
+    lines
+        .iter()
+        .rev()
+        .find_map(|line| line.strip_prefix(&topic))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no count on {topic}: {lines:?}"))
+}
+
+#[test]
+fn total_connections_are_capped() {
+    let broker = start(
+        "total",
+        "max_connections = 2
+",
+    );
+    let held: Vec<Raw> = (0..2)
+        .map(|n| Raw::connect(&broker, ProtocolVersion::V5, &format!("h{n}"), None, None).0)
+        .collect();
+    assert!(!mosquitto_pub(&broker, &["-t", "t", "-m", "x"]));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sys_count(&broker, "connections refused") >= 1);
+}
+
+#[test]
+fn connection_rate_per_address_is_capped() {
+    let broker = start(
+        "conn-rate",
+        "connection_rate_per_address = 1\nconnection_burst_per_address = 1\n",
+    );
+    assert!(mosquitto_pub(&broker, &["-t", "t", "-m", "x"]));
+    assert!(!mosquitto_pub(&broker, &["-t", "t", "-m", "x"]));
+    // A second later the address has a token again (for the $SYS subscriber).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(sys_count(&broker, "connection rate refused") >= 1);
+}
+
+#[test]
+fn packets_over_the_maximum_size_are_disconnected_with_0x95() {
+    let broker = start("packet-size", "max_packet_size = 128\n");
+    let (mut raw, _) = Raw::connect(&broker, ProtocolVersion::V5, "big", None, None);
+    raw.publish_qos0(&"x".repeat(200));
+    assert_eq!(raw.disconnect_reason(), Some(ReasonCode::PacketTooLarge));
+    assert!(sys_count(&broker, "packet too large") >= 1);
+}
+
+#[test]
+fn receive_maximum_is_announced_and_exceeding_it_is_disconnected_with_0x93() {
+    let broker = start("receive-max", "receive_maximum = 3\n");
+    let (mut raw, announced) = Raw::connect_v5(&broker, "eager", None);
+    assert_eq!(announced, Some(3));
+    // QoS 2 publishes whose flow the client never finishes (no PUBREL) stay in flight.
+    let publish = |id: u16| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t",
+            packet_id: PacketId::new(id),
+            properties: Properties::default(),
+            payload: b"x",
+        })
+    };
+    for id in 1..=3 {
+        raw.send(&publish(id));
+        let rec = raw.next(|p| matches!(p, Packet::PubRec(r) if r.packet_id.get() == id));
+        assert_eq!(rec, Some(true), "PUBREC {id}");
+    }
+    raw.send(&publish(4));
+    assert_eq!(
+        raw.disconnect_reason(),
+        Some(ReasonCode::ReceiveMaximumExceeded)
+    );
+    assert!(sys_count(&broker, "receive maximum exceeded") >= 1);
+}
+
+/// Subscribes `subscriber` to `topic` at QoS 1, has mosquitto_pub send it `sent`
+/// messages at QoS 1, and returns how many arrive before any is acknowledged, and in all
+/// once each is acknowledged as it comes (never more than `window` unacknowledged).
+fn deliver_through_the_window(
+    broker: &Broker,
+    subscriber: &mut Raw,
+    topic: &str,
+    sent: usize,
+    window: usize,
+) -> (usize, usize) {
+    assert_eq!(subscriber.subscribe(topic), ReasonCode::GrantedQoS1);
+    let count = sent.to_string();
+    assert!(mosquitto_pub(
+        broker,
+        &["-q", "1", "-t", topic, "-m", "m", "--repeat", &count]
+    ));
+    let quiet = Duration::from_millis(500);
+    let mut outstanding = subscriber.publishes_until_quiet(quiet);
+    let first = outstanding.len();
+    let mut total = first;
+    loop {
+        let more = match outstanding.pop() {
+            Some(packet_id) => {
+                subscriber.send(&Packet::PubAck(PubResponse::new(packet_id)));
+                subscriber.publishes_until_quiet(Duration::from_millis(200))
+            }
+            // Nothing unacknowledged: a last, longer look for a message a loaded machine
+            // was slow to send.
+            None => match subscriber.publishes_until_quiet(Duration::from_secs(1)) {
+                late if late.is_empty() => break,
+                late => late,
+            },
+        };
+        total += more.len();
+        outstanding.extend(more);
+        assert!(outstanding.len() <= window, "{outstanding:?}");
+    }
+    (first, total)
+}
+
+#[test]
+fn outbound_in_flight_is_capped_and_the_rest_queued_within_the_limit() {
+    let broker = start(
+        "inflight",
+        "max_inflight_messages = 2\nmax_queued_messages = 3\n",
+    );
+    // A 5.0 client that could take 10 at once gets the server's 2; one that announces 1
+    // gets 1 [MQTT-4.9.0-2]. Past the window, 3 wait in the queue and the rest are dropped.
+    let (mut wide, _) = Raw::connect_v5(&broker, "wide", Some(10));
+    assert_eq!(
+        deliver_through_the_window(&broker, &mut wide, "w/t", 8, 2),
+        (2, 5)
+    );
+    let (mut narrow, _) = Raw::connect_v5(&broker, "narrow", Some(1));
+    assert_eq!(
+        deliver_through_the_window(&broker, &mut narrow, "n/t", 8, 1),
+        (1, 4)
+    );
+    // A 3.1.1 client cannot announce a limit: it gets the server's.
+    let (mut old, _) = Raw::connect(&broker, ProtocolVersion::V311, "old", None, None);
+    assert_eq!(
+        deliver_through_the_window(&broker, &mut old, "o/t", 8, 2),
+        (2, 5)
+    );
+    assert!(sys_count(&broker, "queue full") >= 3 + 4 + 3);
 }
 
 #[test]
@@ -96,6 +233,7 @@ fn publishing_too_fast_is_disconnected_with_0x96() {
         old.publish_qos0("t");
     }
     assert_eq!(old.disconnect_reason(), None);
+    assert!(sys_count(&broker, "publish rate exceeded") >= 2);
 }
 
 #[test]
@@ -120,4 +258,6 @@ fn topics_over_the_limits_are_refused() {
         &["-q", "1", "-t", "a/b/c", "-m", "ok"]
     ));
     assert_eq!(sub.lines(), ["a/b/c ok"]);
+    // Two PUBLISHes and one SUBSCRIBE from the raw client, mosquitto_pub's one PUBLISH.
+    assert!(sys_count(&broker, "topic too large") >= 4);
 }

@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use petrel_codec::{
-    Connect, Disconnect, List, Packet, PacketId, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+    Connect, Disconnect, List, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish,
+    QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 use petrel_state::broker::{
     describe_packet, Broker, BrokerConfig, ClientInfo, ConnectionId, Hooks, NoStorage,

@@ -55,6 +55,65 @@ impl Raw {
         (raw, reason)
     }
 
+    /// Connects over 5.0 announcing `receive_maximum`; returns the Receive Maximum the
+    /// CONNACK announces.
+    pub fn connect_v5(
+        broker: &Broker,
+        client_id: &str,
+        receive_maximum: Option<u16>,
+    ) -> (Raw, Option<u16>) {
+        let stream = std::net::TcpStream::connect(broker.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut raw = Raw {
+            stream,
+            version: ProtocolVersion::V5,
+            inbox: Vec::new(),
+        };
+        raw.send(&Packet::Connect(Connect {
+            protocol_version: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            properties: Properties {
+                receive_maximum,
+                ..Properties::default()
+            },
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        }));
+        let announced = raw
+            .next(|p| match p {
+                Packet::ConnAck(c) => {
+                    assert_eq!(c.reason_code, ReasonCode::Success);
+                    Some(c.properties.receive_maximum)
+                }
+                _ => None,
+            })
+            .flatten()
+            .expect("CONNACK");
+        (raw, announced)
+    }
+
+    /// The packet identifiers of the PUBLISH packets that arrive until `quiet` passes
+    /// without one.
+    pub fn publishes_until_quiet(&mut self, quiet: Duration) -> Vec<PacketId> {
+        self.stream.set_read_timeout(Some(quiet)).unwrap();
+        let mut ids = Vec::new();
+        while let Some(packet) = self.next(|p| match p {
+            Packet::Publish(p) => p.packet_id,
+            _ => None,
+        }) {
+            ids.extend(packet);
+        }
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        ids
+    }
+
     pub fn send(&mut self, packet: &Packet<'_>) {
         let mut buf = vec![0; packet.encoded_len(self.version).unwrap()];
         packet.encode(self.version, &mut buf).unwrap();

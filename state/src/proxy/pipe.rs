@@ -32,8 +32,7 @@ use petrel_codec::{
 };
 
 use crate::broker::{
-    describe_packet, AuthDecision, ClientInfo, ConnectionId, Hooks, PeerIdentity,
-    Verdict,
+    describe_packet, AuthDecision, ClientInfo, ConnectionId, Hooks, PeerIdentity, Verdict,
 };
 use crate::message::{Message, MessageProperties};
 use crate::server::ConnectRequest;
