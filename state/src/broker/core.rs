@@ -524,7 +524,10 @@ impl Broker {
         let refilled = state.conn.pending_transmit() > 0;
         let session = state.session;
         if self.trace_packets && n > 0 {
-            self.trace_sent(id, &out[out.len() - n..]);
+            self.trace_sent(
+                id,
+                out.get(out.len().saturating_sub(n)..).unwrap_or_default(),
+            );
         }
         if refilled {
             // The queue refilled the window: that new in-flight state is stored before the
