@@ -523,12 +523,6 @@ impl Broker {
         let after = state.conn.session().map(footprint);
         let refilled = state.conn.pending_transmit() > 0;
         let session = state.session;
-        if self.trace_packets && n > 0 {
-            self.trace_sent(
-                id,
-                out.get(out.len().saturating_sub(n)..).unwrap_or_default(),
-            );
-        }
         if refilled {
             // The queue refilled the window: that new in-flight state is stored before the
             // bytes go, like any other input's.
@@ -539,6 +533,9 @@ impl Broker {
             }
             self.touched_conns.insert(id);
             self.end_input(now);
+        }
+        if self.trace_packets {
+            self.trace_sent(id, out, n);
         }
         n
     }
@@ -897,13 +894,17 @@ impl Broker {
         }
     }
 
-    /// Shows the hooks the packets in `bytes`, sent to connection `id`; first those
-    /// received before them, which they may answer.
-    fn trace_sent(&mut self, id: ConnectionId, bytes: &[u8]) {
+    /// Shows the hooks the packets in the last `n` bytes of `out`, sent to connection
+    /// `id`; first those received before them, which they may answer. Kept out of line: the transmit path
+    /// that does not trace stays as small as it was.
+    #[cold]
+    #[inline(never)]
+    fn trace_sent(&mut self, id: ConnectionId, out: &[u8], n: usize) {
         if !self.traced.is_empty() {
             self.trace_received();
         }
-        self.trace_frames(id, PacketDirection::Sent, bytes);
+        let sent = out.get(out.len().saturating_sub(n)..).unwrap_or_default();
+        self.trace_frames(id, PacketDirection::Sent, sent);
     }
 
     /// Decodes the whole packets back to back in `bytes` (decoded once already, or encoded

@@ -193,7 +193,8 @@ pub trait Hooks {
     /// TLS or WebSocket framing). Called only when
     /// [`observes_packets`](Hooks::observes_packets) says so; for logging and metering,
     /// not for decisions, which the other hooks make. [`describe_packet`] gives one line
-    /// per packet.
+    /// per packet. The broker calls it; the proxy traces its clients' packets its own way
+    /// ([`PipeEvent::Trace`](crate::proxy::PipeEvent::Trace)).
     fn on_packet(
         &mut self,
         client: &ClientInfo<'_>,
