@@ -12,6 +12,7 @@ use petrel_codec::{ProtocolVersion, QoS};
 use super::compare::{self, ReportOptions};
 use super::payload::STAMP_LEN;
 use super::run::{run_blocking, Config, Topology};
+use super::transport::{TlsOptions, TransportConfig};
 
 /// Load generator for MQTT brokers, driven by Petrel's own client session.
 ///
@@ -115,6 +116,62 @@ pub struct TargetArgs {
     /// and index).
     #[arg(long)]
     pub client_prefix: Option<String>,
+    /// MQTT over TLS (rustls, TLS 1.2 or 1.3). Every connection makes a full handshake (no
+    /// session resumption), as a fleet of distinct devices would.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the authorities the broker's certificate must chain to (with --tls or
+    /// --wss).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any broker certificate (handshake signatures are still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// PEM certificate chain to present to the broker (mTLS), with --client-key.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the broker's certificate is checked against and sent as SNI (default:
+    /// --host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// MQTT over WebSocket (subprotocol `mqtt`) on TCP.
+    #[arg(long, conflicts_with_all = ["wss", "tls"])]
+    pub ws: bool,
+    /// MQTT over secure WebSocket: WebSocket on TLS (the TLS flags apply).
+    #[arg(long)]
+    pub wss: bool,
+    /// The WebSocket path (with --ws or --wss).
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
+}
+
+impl TargetArgs {
+    /// The transport these flags ask for.
+    pub fn transport(&self) -> Result<TransportConfig, String> {
+        let tls = self.tls || self.wss;
+        let tls_flags = self.ca_file.is_some()
+            || self.insecure
+            || self.client_cert.is_some()
+            || self.server_name.is_some();
+        if tls_flags && !tls {
+            return Err(
+                "--ca-file, --insecure, --client-cert and --server-name need --tls or --wss".into(),
+            );
+        }
+        Ok(TransportConfig {
+            tls: tls.then(|| TlsOptions {
+                ca_file: self.ca_file.clone(),
+                insecure: self.insecure,
+                client_cert: self.client_cert.clone(),
+                client_key: self.client_key.clone(),
+                server_name: self.server_name.clone(),
+            }),
+            ws_path: (self.ws || self.wss).then(|| self.ws_path.clone()),
+        })
+    }
 }
 
 /// How much to publish.
@@ -355,7 +412,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn apply_target(c: &mut Config, t: &TargetArgs) {
+fn apply_target(c: &mut Config, t: &TargetArgs) -> Result<(), String> {
+    c.transport = t.transport()?;
     c.host = t.host.clone();
     c.port = t.port;
     c.version = t.version;
@@ -374,6 +432,7 @@ fn apply_target(c: &mut Config, t: &TargetArgs) {
         c.name = name.clone();
     }
     c.client_prefix = t.client_prefix.clone();
+    Ok(())
 }
 
 fn apply_load(c: &mut Config, l: &LoadArgs, default_qos: QoS) -> Result<(), String> {
@@ -411,7 +470,7 @@ pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
                     subscribe: a.subscribe,
                 },
             );
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             c.hold = a.hold;
             c.duration = Some(a.hold);
             (c, a.target.json)
@@ -422,7 +481,7 @@ pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
                 topic: a.topic.clone(),
             };
             let mut c = Config::new("pub", topology);
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             apply_load(&mut c, &a.load, QoS::AtMostOnce)?;
             if a.load.relay {
                 return Err("--relay works with the presets only".into());
@@ -435,7 +494,7 @@ pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
                 filter: a.topic.clone(),
             };
             let mut c = Config::new("sub", topology);
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             c.qos = a.qos;
             c.sub_qos = a.qos;
             c.count = a.count;
@@ -452,7 +511,7 @@ pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
                 publishers: a.publishers,
             };
             let mut c = Config::new("fan-in", topology);
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             apply_load(&mut c, &a.load, QoS::AtMostOnce)?;
             (c, a.target.json)
         }
@@ -461,19 +520,19 @@ pub fn config_of(command: &Command) -> Result<(Config, bool), String> {
                 subscribers: a.subscribers,
             };
             let mut c = Config::new("fan-out", topology);
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             apply_load(&mut c, &a.load, QoS::AtMostOnce)?;
             (c, a.target.json)
         }
         Command::Pairs(a) => {
             let mut c = Config::new("pairs", Topology::Pairs { pairs: a.pairs });
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             apply_load(&mut c, &a.load, QoS::AtMostOnce)?;
             (c, a.target.json)
         }
         Command::Qos2Roundtrip(a) => {
             let mut c = Config::new("qos2-roundtrip", Topology::Pairs { pairs: a.pairs });
-            apply_target(&mut c, &a.target);
+            apply_target(&mut c, &a.target)?;
             apply_load(&mut c, &a.load, QoS::ExactlyOnce)?;
             if a.load.qos.is_some_and(|q| q != QoS::ExactlyOnce)
                 || a.load.sub_qos.is_some_and(|q| q != QoS::ExactlyOnce)
@@ -618,5 +677,23 @@ mod tests {
         let cli = Cli::try_parse_from(["petrel-bench", "fan-in", "-n", "100"]).unwrap();
         let (c, _) = config_of(&cli.command).unwrap();
         assert_eq!((c.count, c.duration), (Some(100), None));
+    }
+
+    #[test]
+    fn transport_flags() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["petrel-bench", "conn"].iter().chain(args))
+                .map_err(|e| e.to_string())?;
+            config_of(&cli.command).map(|(c, _)| c.transport)
+        };
+        assert_eq!(parse(&[]).unwrap(), TransportConfig::default());
+        let wss = parse(&["--wss", "--insecure", "--ws-path", "/x"]).unwrap();
+        assert_eq!(wss.ws_path.as_deref(), Some("/x"));
+        assert!(wss.tls.is_some_and(|t| t.insecure));
+        let ws = parse(&["--ws"]).unwrap();
+        assert_eq!((ws.ws_path.as_deref(), ws.tls), (Some("/mqtt"), None));
+        assert!(parse(&["--ca-file", "ca.pem"]).is_err());
+        assert!(parse(&["--ws", "--tls"]).is_err());
+        assert!(parse(&["--tls", "--client-cert", "c.pem"]).is_err());
     }
 }

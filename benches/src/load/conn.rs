@@ -4,13 +4,17 @@ use std::io;
 
 use tokio::net::TcpStream;
 
+use super::transport::Layers;
+
 /// A non-blocking TCP stream with a read buffer and a write buffer.
 ///
 /// Writes are batched: producers append to `wbuf` and one `try_write` sends everything
 /// appended since the last one, so a flood of small messages costs one syscall per tens of
-/// kilobytes, not one per message.
+/// kilobytes, not one per message. With TLS or WebSocket, [`Layers`] sit between the
+/// buffers and the socket; plain TCP has none and pays one branch per read and write.
 pub(crate) struct Io {
     pub(crate) stream: TcpStream,
+    layers: Option<Box<Layers>>,
     pub(crate) rbuf: Vec<u8>,
     pub(crate) rstart: usize,
     pub(crate) rend: usize,
@@ -23,9 +27,15 @@ pub(crate) struct Io {
 const MAX_READ_BUFFER: usize = 16 * 1024 * 1024;
 
 impl Io {
-    pub(crate) fn new(stream: TcpStream, rcap: usize, wcap: usize) -> Io {
+    pub(crate) fn new(
+        stream: TcpStream,
+        layers: Option<Box<Layers>>,
+        rcap: usize,
+        wcap: usize,
+    ) -> Io {
         Io {
             stream,
+            layers,
             rbuf: vec![0; rcap],
             rstart: 0,
             rend: 0,
@@ -37,7 +47,7 @@ impl Io {
 
     /// Whether bytes wait to be written.
     pub(crate) fn pending_write(&self) -> bool {
-        self.wend > self.wstart
+        self.wend > self.wstart || self.layers.as_ref().is_some_and(|l| l.wants_write())
     }
 
     /// Free bytes at the end of the write buffer, after compacting it.
@@ -66,6 +76,15 @@ impl Io {
 
     /// Writes what the socket takes now. Returns whether anything was written.
     pub(crate) fn flush(&mut self) -> io::Result<bool> {
+        if let Some(layers) = &mut self.layers {
+            return flush_layered(
+                layers,
+                &self.stream,
+                &self.wbuf,
+                &mut self.wstart,
+                self.wend,
+            );
+        }
         let mut progress = false;
         while self.wstart < self.wend {
             match self.stream.try_write(&self.wbuf[self.wstart..self.wend]) {
@@ -101,6 +120,17 @@ impl Io {
             let len = (self.rbuf.len() * 2).min(MAX_READ_BUFFER);
             self.rbuf.resize(len, 0);
         }
+        if let Some(layers) = &mut self.layers {
+            let mut n = layers.advance(&mut self.rbuf[self.rend..])?;
+            if self.rend + n < self.rbuf.len() && layers.read_socket(&self.stream)? > 0 {
+                n += layers.advance(&mut self.rbuf[self.rend + n..])?;
+            }
+            self.rend += n;
+            if n == 0 && layers.ended() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            return Ok(n);
+        }
         loop {
             match self.stream.try_read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -112,6 +142,27 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// [`Io::flush`] through TLS or WebSocket: hands the buffered MQTT bytes to the layers and
+/// writes what they produce, until the socket or the layers take no more.
+fn flush_layered(
+    layers: &mut Layers,
+    stream: &TcpStream,
+    wbuf: &[u8],
+    wstart: &mut usize,
+    wend: usize,
+) -> io::Result<bool> {
+    let mut progress = false;
+    loop {
+        let taken = layers.send(&wbuf[*wstart..wend])?;
+        *wstart += taken;
+        let wrote = layers.flush(stream)?;
+        progress |= taken > 0 || wrote;
+        if !wrote && (taken == 0 || *wstart == wend) {
+            return Ok(progress);
         }
     }
 }

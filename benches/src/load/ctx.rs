@@ -8,6 +8,7 @@ use tokio::sync::{watch, Notify};
 
 use super::clock::Clock;
 use super::stats::{ConnTally, PubTally, SubTally, Window};
+use super::transport::Connector;
 
 /// Where a run stands; connection tasks watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub(crate) struct Ctx {
     pub(crate) version: ProtocolVersion,
     /// The target is `petrel-bench relay` (see the `raw` module).
     pub(crate) relay: bool,
+    /// TLS and WebSocket, if the run uses them.
+    pub(crate) connector: Option<Connector>,
     pub(crate) qos: QoS,
     pub(crate) sub_qos: QoS,
     pub(crate) payload: usize,

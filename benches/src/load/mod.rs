@@ -4,7 +4,7 @@
 //! - [`run`]: a run — plan the connections of a scenario, open them, publish, drain, and
 //!   report ([`run::run_blocking`]);
 //! - `mqtt`: one connection, a petrel-state client session over TCP (`raw`: the relay's
-//!   handshake);
+//!   handshake), with TLS and WebSocket in [`transport`] (`ws`: the WebSocket framing);
 //! - [`relay`]: the TCP relay that gives the ceiling of the machine;
 //! - [`stats`], [`seq`], [`payload`], [`clock`]: what is counted and how;
 //! - [`report`] and [`compare`]: figures for people and machines, and the comparison
@@ -32,6 +32,8 @@ pub mod run;
 pub mod seq;
 mod session;
 pub mod stats;
+pub mod transport;
+mod ws;
 
 pub use mqtt::publish_packet_len;
 pub use raw::{hello as raw_hello, HELLO_LEN as RAW_HELLO_LEN};

@@ -1,5 +1,5 @@
 //! One MQTT connection of a run: a petrel-state client session driven over a tokio TCP
-//! stream.
+//! stream (with TLS or WebSocket between them when asked: see the `transport` module).
 //!
 //! Each connection is one task that owns its session, its buffers and its tallies, and
 //! loops: publish what the pacing and the window allow into the session, move the
@@ -96,9 +96,13 @@ pub(crate) async fn run(
                 }
             }
         }
-        Ok(stream)
+        let layers = match &ctx.connector {
+            Some(c) => Some(c.establish(&stream).await?),
+            None => None,
+        };
+        Ok((stream, layers))
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let (stream, layers) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return failed(&ctx, result, describe(&e)),
         Err(_) => return failed(&ctx, result, "connect timed out".into()),
@@ -116,7 +120,7 @@ pub(crate) async fn run(
     }
     match &role {
         Role::Idle(_) => {
-            let io = Io::new(stream, 1024, 1024);
+            let io = Io::new(stream, layers, 1024, 1024);
             let mut client = Box::new(IdleClient::new(opts));
             Driver::new(&ctx, io, role, started, permit, usize::MAX)
                 .run(&mut *client, &mut result)
@@ -124,7 +128,7 @@ pub(crate) async fn run(
         }
         Role::Subscriber(_) => {
             result.subscriber = Some(SubTally::default());
-            let io = Io::new(stream, 256 * 1024, 64 * 1024);
+            let io = Io::new(stream, layers, 256 * 1024, 64 * 1024);
             let mut client = Box::new(SubClient::new(opts));
             Driver::new(&ctx, io, role, started, permit, usize::MAX)
                 .run(&mut *client, &mut result)
@@ -137,14 +141,14 @@ pub(crate) async fn run(
                 ..PubTally::default()
             });
             if packet <= SMALL_PACKET {
-                let io = Io::new(stream, 64 * 1024, 64 * 1024);
+                let io = Io::new(stream, layers, 64 * 1024, 64 * 1024);
                 let window = ctx.inflight.min(SMALL_STORE / packet.max(1));
                 let mut client = Box::new(SmallPubClient::new(opts));
                 Driver::new(&ctx, io, role, started, permit, window)
                     .run(&mut *client, &mut result)
                     .await;
             } else if packet <= MAX_PACKET {
-                let io = Io::new(stream, 64 * 1024, 2 * MAX_PACKET);
+                let io = Io::new(stream, layers, 64 * 1024, 2 * MAX_PACKET);
                 let window = ctx.inflight.min(LARGE_STORE / packet.max(1));
                 let mut client = Box::new(LargePubClient::new(opts));
                 Driver::new(&ctx, io, role, started, permit, window)
@@ -191,6 +195,10 @@ struct Driver<'c> {
     /// Publishers: where in its pacing period this publisher starts (spreads publishers).
     pace_offset: f64,
     publishing_done: bool,
+    /// The session refused the last publish: the broker's receive maximum (below the
+    /// window) or the store is full. Only an acknowledgement can change that, so the
+    /// connection waits for one instead of retrying at once, which would spin.
+    session_full: bool,
     signalled_done: bool,
     /// Counts not yet added to the live counters.
     d_sent: u64,
@@ -225,6 +233,7 @@ impl<'c> Driver<'c> {
             sent_at: HashMap::new(),
             pace_offset,
             publishing_done: false,
+            session_full: false,
             signalled_done: false,
             d_sent: 0,
             d_acked: 0,
@@ -407,6 +416,7 @@ impl<'c> Driver<'c> {
                 // The acknowledgement, the subscriber or the socket wakes it instead.
                 let blocked = flow.is_some()
                     || (ctx.qos != QoS::AtMostOnce && s.inflight() >= self.window)
+                    || self.session_full
                     || s.pending_transmit() > 0;
                 deadline = deadline.min(if blocked {
                     ctx.end_ns.load(Ordering::Acquire)
@@ -478,6 +488,7 @@ impl<'c> Driver<'c> {
             let outstanding = tally.sent.saturating_sub(flow.slowest());
             allowed = allowed.min((self.window as u64).saturating_sub(outstanding));
         }
+        self.session_full = false;
         let window = ctx.window();
         let stamp_ns = ctx.clock.stamp_of(now_ns);
         let qos = ctx.qos;
@@ -507,7 +518,10 @@ impl<'c> Driver<'c> {
                         tally.max_inflight = tally.max_inflight.max(s.inflight());
                     }
                 }
-                Err(ClientError::InflightFull | ClientError::StoreFull) => break,
+                Err(ClientError::InflightFull | ClientError::StoreFull) => {
+                    self.session_full = true;
+                    break;
+                }
                 Err(ClientError::BufferFull) => {
                     // Move the queued packets to the write buffer; if that has no room
                     // either, the socket is the bottleneck: write first.

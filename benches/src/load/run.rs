@@ -18,6 +18,7 @@ use super::mqtt::{self, publish_packet_len};
 use super::procstat::Tracker;
 use super::report::{fmt_rate, Connections, Delivered, Published, Report};
 use super::stats::{merge, Percentiles};
+use super::transport::{Connector, TransportConfig};
 
 /// Who connects, and who publishes to whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct Config {
     /// The target is `petrel-bench relay`: connect with its handshake, publish at QoS 0
     /// (see the `raw` module).
     pub relay: bool,
+    /// TLS and WebSocket (default: plain TCP).
+    pub transport: TransportConfig,
     /// QoS of the publishes.
     pub qos: QoS,
     /// QoS of the subscriptions.
@@ -139,6 +142,7 @@ impl Config {
             port: 1883,
             version: ProtocolVersion::V311,
             relay: false,
+            transport: TransportConfig::default(),
             qos: QoS::AtMostOnce,
             sub_qos: QoS::AtMostOnce,
             payload: 64,
@@ -451,6 +455,10 @@ async fn run(config: &Config) -> Result<Report, String> {
             "--relay works with the presets (fan-in, fan-out, pairs, qos2-roundtrip)".into(),
         );
     }
+    if config.relay && config.transport != TransportConfig::default() {
+        return Err("the relay speaks plain TCP only (no --tls, --ws or --wss)".into());
+    }
+    let connector = Connector::new(&config.transport, &config.host, config.port)?;
     // The relay acknowledges nothing: QoS 0 through it (see the `raw` module).
     let (qos, sub_qos) = if config.relay {
         (QoS::AtMostOnce, QoS::AtMostOnce)
@@ -478,6 +486,7 @@ async fn run(config: &Config) -> Result<Report, String> {
         addr,
         version: config.version,
         relay: config.relay,
+        connector,
         qos,
         sub_qos,
         payload: config.payload,
@@ -906,11 +915,12 @@ fn build_report(
         label: config.label.clone(),
         target: format!("{}:{}", config.host, config.port),
         transport: format!(
-            "mqtt-{}{}",
+            "mqtt-{}{}{}",
             match config.version {
                 ProtocolVersion::V311 => "3.1.1",
                 ProtocolVersion::V5 => "5.0",
             },
+            config.transport.suffix(),
             if config.relay { " via relay" } else { "" }
         ),
         qos: qos_number(ctx.qos),
