@@ -151,7 +151,7 @@ impl Flow {
 }
 
 /// One publisher of the plan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct PubPlan {
     pub(crate) id: u32,
     pub(crate) topic: String,
