@@ -85,9 +85,15 @@ tls = { certs = [{ cert = \"$CERTS/server.pem\", key = \"$CERTS/server.key\" }] 
         {
             # The comparison's settings, on this transport's listener.
             grep -v '^listener' "$HERE/mosquitto.conf"
-            echo "listener $port 127.0.0.1"
             case "$transport" in
-            ws | wss) echo "protocol websockets" ;;
+            ws | wss)
+                # mosquitto 2.0.11 exits ("Unable to start any listening sockets") when
+                # its only listener is a WebSocket one: an unused MQTT listener beside it.
+                echo "listener $("$BENCH" free-port) 127.0.0.1"
+                echo "listener $port 127.0.0.1"
+                echo "protocol websockets"
+                ;;
+            *) echo "listener $port 127.0.0.1" ;;
             esac
             case "$transport" in
             tls | wss) printf 'certfile %s\nkeyfile %s\n' "$CERTS/server.pem" "$CERTS/server.key" ;;
@@ -171,7 +177,7 @@ results, rounds, duration, conns, elapsed, load_a, load_b, commit, transports, t
 transports, targets = transports.split(), targets.split()
 runs = {}
 for f in pathlib.Path(results).glob("*.json"):
-    name, transport, target, _ = f.name.split(".")
+    name, transport, target, _ = f.name.split(".", 3)
     r = json.loads(f.read_text())
     if name == "fan-in":
         d = r.get("delivered") or {}
