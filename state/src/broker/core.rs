@@ -24,6 +24,7 @@ use crate::time::{Duration, Instant};
 
 use super::hooks::{AuthDecision, ClientInfo, Hooks, PacketDirection, PeerIdentity, Verdict};
 use super::limits::{ClientLimits, TokenBucket};
+use super::pipeline::{Offer, Pipeline, PipelineTicket};
 use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
 use super::storage::{Durability, SessionRecord, Storage, StoredState, StoredSubscription};
@@ -242,6 +243,19 @@ struct SharedGroup {
     cursor: usize,
 }
 
+/// What the pipeline did with a client's publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piped {
+    /// Not the pipeline's (or no pipeline).
+    No,
+    /// Taken, and routed locally too.
+    Local,
+    /// Taken (or a QoS 0 publish dropped by a full pipeline), not routed locally.
+    Only,
+    /// A QoS 1/2 publish the full pipeline could not take: refused.
+    Refused,
+}
+
 /// What routing a message found, for the PUBACK reason and the hooks.
 struct RouteResult {
     receivers: usize,
@@ -275,6 +289,10 @@ pub struct Broker {
     /// Per pending store batch: the acknowledgements it holds and the connections whose
     /// bytes wait for it.
     awaiting: BTreeMap<u64, (Vec<HeldAck>, Vec<ConnectionId>)>,
+    pipeline: Option<Box<dyn Pipeline>>,
+    /// Acknowledgements waiting for the pipeline, by ticket.
+    piped: BTreeMap<PipelineTicket, (ConnectionId, PacketId)>,
+    next_ticket: u64,
     touched_sessions: Touched<SessionKey>,
     touched_conns: Touched<ConnectionId>,
     stats: BrokerStats,
@@ -330,6 +348,9 @@ impl Broker {
             shard_out: VecDeque::new(),
             held_acks: Vec::new(),
             awaiting: BTreeMap::new(),
+            pipeline: None,
+            piped: BTreeMap::new(),
+            next_ticket: 0,
             touched_sessions: Touched::default(),
             touched_conns: Touched::default(),
             stats: BrokerStats::default(),
@@ -818,6 +839,43 @@ impl Broker {
         self.mark_ready();
     }
 
+    /// Installs the pipeline every client publish is offered to (see the
+    /// [`pipeline`](super::pipeline) module).
+    pub fn set_pipeline(&mut self, pipeline: Box<dyn Pipeline>) {
+        self.pipeline = Some(pipeline);
+    }
+
+    /// The pipeline has the message of `ticket` safe (`Ok`), or gave up on it
+    /// (`Err(reason)`, sent to a 5.0 publisher): the acknowledgement it held goes out, behind
+    /// the store like any other. A ticket whose publisher has gone is ignored.
+    pub fn pipeline_done(
+        &mut self,
+        now: Instant,
+        ticket: PipelineTicket,
+        result: Result<(), ReasonCode>,
+    ) {
+        let Some((id, packet_id)) = self.piped.remove(&ticket) else {
+            return;
+        };
+        let Some(state) = self.conn_mut(id) else {
+            return;
+        };
+        let session = state.session;
+        let reason = result.err().unwrap_or(ReasonCode::Success);
+        self.held_acks.push((id, packet_id, reason));
+        // A PUBREC records the exactly-once marker: the session is saved with it.
+        if let Some(key) = session {
+            self.touched_sessions.insert(key);
+        }
+        self.touched_conns.insert(id);
+        self.end_input(now);
+    }
+
+    /// How many acknowledgements wait for the pipeline.
+    pub fn pipeline_pending(&self) -> usize {
+        self.piped.len()
+    }
+
     /// Tells every client the server is going away (DISCONNECT 0x8B to 5.0 clients) and
     /// closes every connection; wills are published, sessions kept per their expiry.
     pub fn shutdown(&mut self, now: Instant) {
@@ -1201,18 +1259,70 @@ impl Broker {
         }
         self.stats.count_received(&message);
         let message = Arc::new(message);
-        self.apply_retain(now, &message, true);
-        let result = self.route(now, &message, publisher, true);
+        let piped = self.offer_to_pipeline(id, packet_id, &message);
+        let result = match piped {
+            Piped::No | Piped::Local => {
+                self.apply_retain(now, &message, true);
+                self.route(now, &message, publisher, true)
+            }
+            Piped::Only | Piped::Refused => RouteResult { receivers: 0 },
+        };
         self.hook(id, |hooks, info| {
             hooks.on_published(Some(info), &message, result.receivers)
         });
         if let Some(packet_id) = packet_id {
-            let reason = if result.receivers == 0 && self.config.report_no_subscribers {
+            let reason = if piped == Piped::Refused {
+                ReasonCode::QuotaExceeded
+            } else if piped != Piped::No {
+                // Answered by `pipeline_done`: the pipeline is a receiver.
+                return;
+            } else if result.receivers == 0 && self.config.report_no_subscribers {
                 ReasonCode::NoMatchingSubscribers
             } else {
                 ReasonCode::Success
             };
             self.held_acks.push((id, packet_id, reason));
+        }
+    }
+
+    /// Offers a client's publish to the pipeline; for a taken QoS 1/2 publish, records the
+    /// acknowledgement it holds.
+    fn offer_to_pipeline(
+        &mut self,
+        id: ConnectionId,
+        packet_id: Option<PacketId>,
+        message: &Arc<Message>,
+    ) -> Piped {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return Piped::No;
+        };
+        let Some(state) = self.conns.get(id.index as usize).and_then(|slot| {
+            (slot.generation == id.generation)
+                .then_some(slot.state.as_deref())
+                .flatten()
+        }) else {
+            return Piped::No;
+        };
+        let ticket = packet_id.map(|_| PipelineTicket(self.next_ticket + 1));
+        let must_take = ticket.is_some() && !state.version.is_v5();
+        let info = Self::client_info(state, id);
+        let offer = pipeline.offer(&info, message, ticket, must_take);
+        match (offer, ticket.zip(packet_id)) {
+            (Offer::Pass, _) => Piped::No,
+            (Offer::Taken { local }, held) => {
+                if let Some((ticket, packet_id)) = held {
+                    self.next_ticket = ticket.0;
+                    self.piped.insert(ticket, (id, packet_id));
+                }
+                if local {
+                    Piped::Local
+                } else {
+                    Piped::Only
+                }
+            }
+            (Offer::Full { .. }, Some(_)) => Piped::Refused,
+            (Offer::Full { local: true }, None) => Piped::No,
+            (Offer::Full { local: false }, None) => Piped::Only,
         }
     }
 

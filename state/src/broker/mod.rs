@@ -29,6 +29,7 @@
 mod core;
 mod hooks;
 pub mod limits;
+pub mod pipeline;
 pub mod retained_tree;
 mod shard;
 mod storage;
@@ -40,6 +41,7 @@ pub use hooks::{
     describe_packet, AllowAll, AuthDecision, ClientInfo, Hooks, PacketDirection, PeerIdentity,
     Verdict,
 };
+pub use pipeline::{Offer, Pipeline, PipelineTicket};
 pub use shard::{owner_shard, ShardMessage};
 pub use storage::{
     Durability, MemoryStorage, NoStorage, SessionRecord, Storage, StoredState, StoredSubscription,
