@@ -160,7 +160,7 @@ pub struct Config {
     pub store: crate::persistence::StoreConfig,
     /// The HTTP API (`[http]`); off when absent.
     pub http: Option<crate::http::HttpConfig>,
-    /// Bridges to other systems (`[[bridge.mqtt]]`).
+    /// Bridges to other systems (`[[bridge.mqtt]]`, `[[bridge.kafka]]`).
     pub bridge: crate::bridge::BridgeConfig,
 }
 
@@ -219,6 +219,9 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| describe(text, &e))?;
         config.validate()?;
+        for (n, kafka) in config.bridge.kafka.iter().enumerate() {
+            kafka.validate(n + 1, text)?;
+        }
         Ok(config)
     }
 
@@ -365,6 +368,30 @@ mod tests {
         assert_eq!(tls.cert_username, Some(CertUsername::Cn));
         assert!(config.listeners[1].websocket.is_some());
         assert!(config.listeners[2].tls.is_some() && config.listeners[2].websocket.is_some());
+    }
+
+    #[test]
+    fn the_example_files_commented_kafka_bridge_parses() {
+        let text = include_str!("../petrel.example.toml");
+        let start = text.find("# [[bridge.kafka]]").unwrap();
+        let uncommented: String = text[start..]
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.starts_with('[')
+                    || line.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = Config::parse(&uncommented).unwrap();
+        let kafka = &config.bridge.kafka[0];
+        assert_eq!(kafka.mapper.as_ref().unwrap().policy.len(), 2);
+        assert_eq!(kafka.consume[0].qos, 1);
+        let err =
+            Config::parse("[[bridge.kafka]]\nbrokers = [\"k:1\"]\nmode = \"both\"\n").unwrap_err();
+        assert!(err.starts_with("line 3:"), "{err}");
     }
 
     #[test]

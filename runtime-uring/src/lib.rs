@@ -136,6 +136,11 @@ impl Server {
         };
         let shared_limits = limits::Limits::new(&self.config.limits);
         let mqtt_bridges = bridge::mqtt::stats_for(&self.config.bridge.mqtt);
+        let kafka = bridge::kafka::KafkaBridges::start(
+            &self.config.bridge.kafka,
+            &self.config.data_dir,
+            inboxes.clone(),
+        )?;
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,
@@ -150,6 +155,7 @@ impl Server {
             limits: shared_limits,
             tls,
             mqtt_bridges,
+            kafka: kafka.bridges.clone(),
         });
         transport::certs::watch(Arc::downgrade(&shared));
         let mut persistence =
@@ -189,6 +195,7 @@ impl Server {
             persistence,
             http,
             bridges,
+            kafka,
         })
     }
 }
@@ -212,6 +219,7 @@ pub struct RunningServer {
     persistence: persistence::Persistence,
     http: Option<http::HttpServer>,
     bridges: Option<bridge::mqtt::Bridges>,
+    kafka: bridge::kafka::KafkaBridges,
 }
 
 impl RunningServer {
@@ -270,7 +278,7 @@ impl RunningServer {
     }
 
     /// Stops gracefully: no new connections, DISCONNECT 0x8B to 5.0 clients, flush, stop.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
         if let Some(http) = self.http {
             http.stop();
         }
@@ -278,6 +286,8 @@ impl RunningServer {
         if let Some(bridges) = self.bridges {
             bridges.stop();
         }
+        // Before the workers: a consumer waits for worker 0 to route what it fetched.
+        self.kafka.stop();
         for worker in 0..self.threads.len() {
             self.shared.send(worker, WorkerMessage::Shutdown);
         }

@@ -44,6 +44,12 @@ pub(crate) enum WorkerMessage {
     },
     /// A shard answered a fence of this shard's batch `token`.
     FenceAnswered(u64),
+    /// The Kafka bridge has the record of this ticket (or gave up on it): its held
+    /// acknowledgement may go.
+    Pipeline(
+        petrel_state::broker::PipelineTicket,
+        Result<(), petrel_codec::ReasonCode>,
+    ),
     /// An operator's question or command (the HTTP API), run on the worker's shard.
     Admin(AdminJob),
     /// Stop.
@@ -106,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) tls: Vec<Arc<TlsAcceptor>>,
     /// Each `[[bridge.mqtt]]`'s figures, in configuration order.
     pub(crate) mqtt_bridges: Vec<Arc<crate::bridge::mqtt::BridgeStats>>,
+    /// The Kafka bridges, for the workers' pipelines and the metrics.
+    pub(crate) kafka: Vec<Arc<crate::bridge::kafka::Bridge>>,
 }
 
 impl Shared {

@@ -96,8 +96,10 @@ impl SysReporter {
             .into_iter()
             .chain(self.shared.access.sys_entries())
             .chain(self.shared.limits.sys_entries())
+            .map(|(topic, value)| (topic.to_string(), value))
+            .chain(crate::bridge::kafka::sys_entries(&self.shared.kafka))
             .map(|(topic, value)| {
-                let mut message = Message::new(topic, value.into_bytes());
+                let mut message = Message::new(&topic, value.into_bytes());
                 message.retain = true;
                 message
             })

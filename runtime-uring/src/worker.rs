@@ -77,6 +77,9 @@ impl Worker {
         };
         let hooks = RuntimeHooks::new(shared.clone(), index);
         let mut broker = Broker::new(config, Box::new(hooks), storage);
+        if let Some(pipeline) = crate::bridge::kafka::pipeline(&shared.kafka, index) {
+            broker.set_pipeline(Box::new(pipeline));
+        }
         broker.restore(shared.now(), restored);
         Rc::new(Worker {
             index,
@@ -560,6 +563,11 @@ impl Worker {
                 WorkerMessage::Admin(job) => {
                     let now = self.now();
                     job(&mut self.broker.borrow_mut(), now);
+                    self.after_input();
+                }
+                WorkerMessage::Pipeline(ticket, result) => {
+                    let now = self.now();
+                    self.broker.borrow_mut().pipeline_done(now, ticket, result);
                     self.after_input();
                 }
                 WorkerMessage::Shutdown => {

@@ -1,7 +1,10 @@
-//! Bridges from the broker to other systems, each configured under `[bridge]`.
+//! Bridges from the broker to other systems, each configured under `[bridge]`: other MQTT
+//! brokers (`mqtt.rs`) and Kafka (`kafka.rs`, its mapping in `kafka_map.rs`).
 
 use serde::Deserialize;
 
+pub mod kafka;
+pub mod kafka_map;
 pub mod mqtt;
 
 /// The `[bridge]` table: one list per kind of bridge.
@@ -11,4 +14,7 @@ pub struct BridgeConfig {
     /// `[[bridge.mqtt]]`: connections to other MQTT brokers.
     #[serde(default)]
     pub mqtt: Vec<mqtt::MqttBridgeConfig>,
+    /// `[[bridge.kafka]]`: Kafka clusters publishes go to and records come from.
+    #[serde(default)]
+    pub kafka: Vec<kafka_map::KafkaBridgeConfig>,
 }

@@ -158,5 +158,6 @@ pub(super) fn render(shared: &Shared) -> Option<String> {
         "Seconds since the broker started.",
         &one(shared.uptime_secs()),
     );
+    crate::bridge::kafka::metrics(&shared.kafka, &mut metric);
     Some(out)
 }
