@@ -606,6 +606,7 @@ async fn consume_partition(
     };
     let qos = QoS::from_bits(consume.qos).unwrap_or(QoS::AtMostOnce);
     loop {
+        let asked = tokio::time::Instant::now();
         let (records, high_watermark) = match partition_client
             .fetch_records(next, 1..1_000_000, 500)
             .await
@@ -632,6 +633,9 @@ async fn consume_partition(
         };
         let Some(last) = records.last().map(|r| r.offset) else {
             record_lag(&bridge, &lags, partition, high_watermark - next);
+            // A broker that answers an empty fetch at once, without waiting the 500 ms
+            // asked for, would otherwise be polled in a tight loop.
+            tokio::time::sleep_until(asked + Duration::from_millis(100)).await;
             continue;
         };
         let n = records.len() as u64;
