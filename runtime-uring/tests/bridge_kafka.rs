@@ -182,7 +182,7 @@ fn header(record: &Record, name: &str) -> String {
 
 /// Writes a configuration with one listener and one Kafka bridge (`bridge` is the body of
 /// the `[[bridge.kafka]]` table) and starts petrel with it.
-fn petrel(dir: &Path, kafka: &Kafka, bridge: &str) -> Broker {
+fn petrel(dir: &Path, kafka: &str, bridge: &str) -> Broker {
     let config = dir.join("petrel.toml");
     std::fs::write(
         &config,
@@ -190,7 +190,7 @@ fn petrel(dir: &Path, kafka: &Kafka, bridge: &str) -> Broker {
             "workers = 2\ndata_dir = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n\
              [sys]\ninterval = 1\n[[bridge.kafka]]\nname = \"main\"\nbrokers = [\"{}\"]\n{bridge}",
             dir.join("data").display(),
-            kafka.addr()
+            kafka
         ),
     )
     .unwrap();
@@ -224,7 +224,7 @@ fn publishes_at_every_qos_reach_kafka_with_topic_key_and_headers() {
     let dir = scratch_dir("kafka-out");
     let broker = petrel(
         &dir,
-        &kafka,
+        &kafka.addr(),
         "filters = [\"sensors/#\"]\ntopic = \"mqtt-in\"\nkey = \"level:1\"\n",
     );
     let sub = Sub::start(&broker, &["-t", "sensors/#", "-C", "3", "-W", "10"]);
@@ -283,7 +283,7 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
     let dir = scratch_dir("kafka-down");
     let broker = petrel(
         &dir,
-        &kafka,
+        &kafka.addr(),
         "filters = [\"held/#\"]\ntopic = \"mqtt-in\"\n",
     );
     // The bridge connects with its first record.
@@ -335,7 +335,7 @@ fn pipeline_mode_sends_to_kafka_only() {
     let dir = scratch_dir("kafka-pipeline");
     let broker = petrel(
         &dir,
-        &kafka,
+        &kafka.addr(),
         "mode = \"pipeline\"\nfilters = [\"p/#\"]\ntopic = \"mqtt-in\"\n",
     );
     let sub = Sub::start(&broker, &["-t", "p/#", "-t", "q/#", "-W", "3"]);
@@ -357,7 +357,7 @@ fn kafka_records_reach_subscribers_and_a_restart_resumes_at_the_committed_offset
     let dir = scratch_dir("kafka-in");
     let consume = "[[bridge.kafka.consume]]\ntopic = \"cmd\"\ngroup = \"g1\"\n\
                    mqtt_topic = \"from-kafka/{topic}/{key}\"\nqos = 1\n";
-    let mut broker = petrel(&dir, &kafka, consume);
+    let mut broker = petrel(&dir, &kafka.addr(), consume);
     // A persistent session: what is routed while it is away is queued for it, so a replay
     // after the restart would show.
     let sub_args = ["-c", "-i", "kafka-sub", "-q", "1", "-t", "from-kafka/#"];
@@ -378,11 +378,68 @@ fn kafka_records_reach_subscribers_and_a_restart_resumes_at_the_committed_offset
     let offsets = std::fs::read_to_string(dir.join("data/kafka/g1.offsets")).unwrap();
     assert_eq!(offsets, "cmd 0 2\n");
     kafka.produce("cmd", "dev3", "reset");
-    let broker = petrel(&dir, &kafka, consume);
+    let broker = petrel(&dir, &kafka.addr(), consume);
     let sub = Sub::start(
         &broker,
         &[&sub_args[..], &["-C", "1", "-W", "10"][..]].concat(),
     );
     assert_eq!(sub.lines(), vec![String::from("from-kafka/cmd/dev3 reset")]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_full_bridge_refuses_v5_qos1_and_drops_qos0_but_holds_v311() {
+    // Nothing listens there: Kafka is down for the whole test.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = scratch_dir("kafka-full");
+    let broker = petrel(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        "filters = [\"f/#\"]\ntopic = \"t\"\nmax_pending = 1\n",
+    );
+    let mut held = pub_cmd(&broker, &["-q", "1", "-t", "f/a", "-m", "held"])
+        .spawn()
+        .expect("run mosquitto_pub");
+    std::thread::sleep(Duration::from_millis(500));
+    // Over the bound: a 5.0 QoS 1 publish is answered at once (0x97), QoS 0 is dropped.
+    let refused = pub_cmd(&broker, &["-V", "5", "-q", "1", "-t", "f/b", "-m", "no"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("uota"),
+        "{refused:?}"
+    );
+    publish(&broker, &["-q", "0", "-t", "f/c", "-m", "dropped"]);
+    // A 3.1.1 publisher cannot be told no: it waits like the first.
+    let mut old = pub_cmd(&broker, &["-q", "1", "-t", "f/d", "-m", "waits"])
+        .spawn()
+        .expect("run mosquitto_pub");
+    let sys = Sub::start(
+        &broker,
+        &[
+            "-t",
+            "$SYS/broker/bridge/kafka/main/+",
+            "-C",
+            "14",
+            "-W",
+            "10",
+        ],
+    );
+    let lines = sys.lines();
+    for expected in ["pending 2", "refused 1", "dropped 1", "produced 0"] {
+        assert!(
+            lines.iter().any(|l| l.ends_with(expected)),
+            "{expected}: {lines:?}"
+        );
+    }
+    assert!(held.try_wait().unwrap().is_none() && old.try_wait().unwrap().is_none());
+    let _ = held.kill();
+    let _ = old.kill();
+    let _ = held.wait();
+    let _ = old.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
