@@ -166,11 +166,11 @@ pub(crate) fn pipeline(bridges: &[Arc<Bridge>], worker: usize) -> Option<KafkaPi
     (!bridges.is_empty()).then_some(KafkaPipeline { bridges, worker })
 }
 
-/// The bridges' Prometheus metrics, written with `metric(name, kind, help, samples)`.
-pub(crate) fn metrics(
-    bridges: &[Arc<Bridge>],
-    metric: &mut dyn FnMut(&str, &str, &str, &[(String, u64)]),
-) {
+/// Writes one Prometheus metric: name, kind, help, and its samples (labels, value).
+pub(crate) type MetricWriter<'a> = dyn FnMut(&str, &str, &str, &[(String, u64)]) + 'a;
+
+/// The bridges' Prometheus metrics.
+pub(crate) fn metrics(bridges: &[Arc<Bridge>], metric: &mut MetricWriter<'_>) {
     if bridges.is_empty() {
         return;
     }
