@@ -374,7 +374,8 @@ mod tests {
     fn the_example_files_commented_kafka_bridge_parses() {
         let text = include_str!("../petrel.example.toml");
         let start = text.find("# [[bridge.kafka]]").unwrap();
-        let uncommented: String = text[start..]
+        let end = text.find("# Bridges to other MQTT brokers").unwrap();
+        let uncommented: String = text[start..end]
             .lines()
             .filter_map(|line| line.strip_prefix("# "))
             .filter(|line| {
