@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use petrel_state::broker::limits::{ClientLimits, Rate};
 use petrel_codec::Packet;
+use petrel_state::broker::limits::{ClientLimits, Rate};
 use petrel_state::broker::{
     describe_packet, Broker, BrokerConfig, ClientInfo, ConnectionId, Hooks, NoStorage,
     PacketDirection,
