@@ -154,6 +154,17 @@ fn every_endpoint_by_curl() {
         json(&body),
         serde_json::json!({"delivered": 1, "queued": 1})
     );
+    // live took its -C 2 and leaves; the next publish must find it gone, not leaving.
+    assert_eq!(
+        live.lines(),
+        ["http/a zero", "http/queued one"],
+        "what the live subscriber received"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl("GET", &format!("{api}/api/v1/clients/live"), None).0 != 404 {
+        assert!(Instant::now() < deadline, "live is still connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, body) = curl(
         "POST",
         &format!("{api}/api/v1/publish"),
@@ -163,12 +174,7 @@ fn every_endpoint_by_curl() {
         ),
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(json(&body)["delivered"], 0, "live took its -C 2 already");
-    assert_eq!(
-        live.lines(),
-        ["http/a zero", "http/queued one"],
-        "what the live subscriber received"
-    );
+    assert_eq!(json(&body)["delivered"], 0, "live has gone");
     for bad in [
         r#"{"topic":"http/+","payload":"x"}"#,
         r#"{"topic":"t","qos":3}"#,
