@@ -344,13 +344,10 @@ mod tests {
         assert!(err.contains("limits.maximum_qos"), "{err}");
     }
 
-    #[test]
-    fn the_example_files_commented_transport_listeners_parse() {
-        let text = include_str!("../petrel.example.toml");
-        let start = text.find("# bind = \"0.0.0.0:8883\"").unwrap();
-        let start = text[..start].rfind("# [[listener]]").unwrap();
-        let end = start + text[start..].find("[limits]").unwrap();
-        let uncommented: String = text[start..end]
+    /// The commented-out settings of a part of the example file, uncommented: table headers
+    /// and `key = value` lines, without the prose around them.
+    fn uncommented_settings(section: &str) -> String {
+        section
             .lines()
             .filter_map(|line| line.strip_prefix("# "))
             .filter(|line| {
@@ -360,7 +357,16 @@ mod tests {
                     })
             })
             .map(|line| format!("{line}\n"))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_example_files_commented_transport_listeners_parse() {
+        let text = include_str!("../petrel.example.toml");
+        let start = text.find("# bind = \"0.0.0.0:8883\"").unwrap();
+        let start = text[..start].rfind("# [[listener]]").unwrap();
+        let end = start + text[start..].find("[limits]").unwrap();
+        let uncommented = uncommented_settings(&text[start..end]);
         let config = Config::parse(&uncommented).unwrap();
         assert_eq!(config.listeners.len(), 3, "{uncommented}");
         let tls = config.listeners[0].tls.as_ref().unwrap();
@@ -375,17 +381,7 @@ mod tests {
         let text = include_str!("../petrel.example.toml");
         let start = text.find("# [[bridge.kafka]]").unwrap();
         let end = text.find("# Bridges to other MQTT brokers").unwrap();
-        let uncommented: String = text[start..end]
-            .lines()
-            .filter_map(|line| line.strip_prefix("# "))
-            .filter(|line| {
-                line.starts_with('[')
-                    || line.split_once(" = ").is_some_and(|(key, _)| {
-                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    })
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
+        let uncommented = uncommented_settings(&text[start..end]);
         let config = Config::parse(&uncommented).unwrap();
         let kafka = &config.bridge.kafka[0];
         assert_eq!(kafka.mapper.as_ref().unwrap().policy.len(), 2);
