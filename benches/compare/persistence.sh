@@ -20,13 +20,13 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 HERE=benches/compare
+source "$HERE/lib.sh"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
 WARMUP="${WARMUP:-1s}"
 WORKERS="${WORKERS:-0}"
 OUT="${OUT:-target/compare-persistence/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [ -x "$MOSQUITTO" ] || { log "mosquitto is missing (apt-get install mosquitto)"; exit 1; }
@@ -43,11 +43,8 @@ TARGETS=(petrel-redb petrel-fjall mosquitto)
 
 PID=""
 stop() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-        PID=""
-    fi
+    stop_pids "$PID"
+    PID=""
 }
 trap stop EXIT
 
@@ -70,14 +67,7 @@ start() {
         ;;
     esac
     PID=$!
-    local i
-    for i in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "$target did not open port $port; its log:"
-    cat "$dir/log" >&2
-    return 1
+    wait_port "$port" "$PID" "$target" "$dir/log"
 }
 
 STARTED=$(date +%s)

@@ -19,6 +19,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 HERE=benches/compare
+source "$HERE/lib.sh"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
 WARMUP="${WARMUP:-1s}"
@@ -26,7 +27,6 @@ CLIENTS="${CLIENTS:-5000}"
 WORKERS="${WORKERS:-1}"
 OUT="${OUT:-target/compare-proxy/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [ -x "$MOSQUITTO" ] || { log "mosquitto is missing (apt-get install mosquitto)"; exit 1; }
@@ -45,32 +45,11 @@ SCENARIOS=(
     "latency-20k|pairs --pairs 4 --qos 1 --rate 20000"
     "conn|conn --clients $CLIENTS --subscribe --hold 1s"
 )
-if [ -n "${ONLY:-}" ]; then
-    selected=()
-    for s in "${SCENARIOS[@]}"; do
-        for want in $ONLY; do
-            [ "${s%%|*}" = "$want" ] && selected+=("$s")
-        done
-    done
-    SCENARIOS=("${selected[@]}")
-fi
+select_entries "${ONLY:-}" SCENARIOS
 
 PIDS=()
-wait_port() {
-    local i
-    for i in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "nothing listens on $1"
-    return 1
-}
 stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     PIDS=()
 }
 trap stop_all EXIT
@@ -87,14 +66,14 @@ start() {
     PIDS+=($!)
     TARGET_PID=$!
     PORT=$mport
-    wait_port "$mport"
+    wait_port "$mport" "$TARGET_PID" mosquitto "$dir/mosquitto.log"
     if [ "$target" = proxy ]; then
         PORT="$("$BENCH" free-port)"
         "$PETREL" proxy --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$mport" \
             --workers "$WORKERS" --log-level warn >"$dir/proxy.log" 2>&1 &
         PIDS+=($!)
         TARGET_PID=$!
-        wait_port "$PORT"
+        wait_port "$PORT" "$TARGET_PID" proxy "$dir/proxy.log"
     fi
 }
 

@@ -24,6 +24,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 HERE=benches/compare
+source "$HERE/lib.sh"
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
@@ -49,18 +50,9 @@ ALL_SCENARIOS=(
     "latency-20k|pairs --pairs 4 --qos 1 --rate 20000"
     "conn|conn --clients 10000 --subscribe --hold 1s"
 )
-if [ -n "${SCENARIOS:-}" ]; then
-    selected=()
-    for s in "${ALL_SCENARIOS[@]}"; do
-        for want in $SCENARIOS; do
-            [ "${s%%|*}" = "$want" ] && selected+=("$s")
-        done
-    done
-    ALL_SCENARIOS=("${selected[@]}")
-fi
+select_entries "${SCENARIOS:-}" ALL_SCENARIOS
 
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 log "building petrel-bench (release)"
 cargo build --release -p petrel-benches --bin petrel-bench
@@ -70,16 +62,7 @@ BENCH=target/release/petrel-bench
 NOT_BUILT=()
 UNAVAILABLE=()
 
-MOSQUITTO="$(command -v mosquitto || true)"
-[ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
-if [ -z "$MOSQUITTO" ]; then
-    log "installing mosquitto (apt-get)"
-    if apt-get update >/dev/null && apt-get install -y mosquitto mosquitto-clients >/dev/null; then
-        MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
-    else
-        UNAVAILABLE+=(mosquitto)
-    fi
-fi
+find_mosquitto || UNAVAILABLE+=(mosquitto)
 
 RUMQTTD="${RUMQTTD:-$(command -v rumqttd || true)}"
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
@@ -134,28 +117,12 @@ start_target() {
         ;;
     esac
     PID=$!
-    local i
-    for i in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$PID" 2>/dev/null; then
-            log "$target exited at start; its log:"
-            cat "$dir/log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "$target did not open port $port"
-    return 1
+    wait_port "$port" "$PID" "$target" "$dir/log"
 }
 
 stop_target() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-        PID=""
-    fi
+    stop_pids "$PID"
+    PID=""
 }
 trap stop_target EXIT
 

@@ -22,6 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 HERE=benches/compare
+source "$HERE/lib.sh"
 
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
@@ -33,20 +34,13 @@ TARGETS=(${TARGETS:-petrel mosquitto})
 
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run" "$OUT/certs"
 chmod 755 "$OUT" "$OUT/certs"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 log "building petrel-bench and petrel (release)"
 cargo build --release -p petrel-benches --bin petrel-bench -p petrel --bin petrel
 BENCH=target/release/petrel-bench
 PETREL=target/release/petrel
 
-MOSQUITTO="$(command -v mosquitto || true)"
-[ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
-if [ -z "$MOSQUITTO" ]; then
-    log "installing mosquitto (apt-get)"
-    apt-get update >/dev/null && apt-get install -y mosquitto mosquitto-clients >/dev/null
-    MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
-fi
+find_mosquitto || { log "mosquitto is missing and did not install"; exit 1; }
 
 # --- Certificates -----------------------------------------------------------------------
 C="$OUT/certs"
@@ -103,28 +97,12 @@ tls = { certs = [{ cert = \"$CERTS/server.pem\", key = \"$CERTS/server.key\" }] 
         ;;
     esac
     PID=$!
-    local i
-    for i in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$PID" 2>/dev/null; then
-            log "$target exited at start; its log:"
-            cat "$dir/log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "$target did not open port $port"
-    return 1
+    wait_port "$port" "$PID" "$target" "$dir/log"
 }
 
 stop_target() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-        PID=""
-    fi
+    stop_pids "$PID"
+    PID=""
 }
 trap stop_target EXIT
 
