@@ -4,7 +4,8 @@
 //! - [`run`]: a run — plan the connections of a scenario, open them, publish, drain, and
 //!   report ([`run::run_blocking`]);
 //! - `mqtt`: one connection, a petrel-state client session over TCP (`raw`: the relay's
-//!   handshake), with TLS and WebSocket in [`transport`] (`ws`: the WebSocket framing);
+//!   handshake), with TLS and WebSocket in [`transport`] (`ws`: the WebSocket framing),
+//!   and `fast`: QoS 0 messages without the session's encode and decode;
 //! - [`relay`]: the TCP relay that gives the ceiling of the machine;
 //! - [`stats`], [`seq`], [`payload`], [`clock`]: what is counted and how;
 //! - [`report`] and [`compare`]: figures for people and machines, and the comparison
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod compare;
 mod conn;
 mod ctx;
+mod fast;
 mod mqtt;
 pub mod payload;
 pub mod procstat;

@@ -26,13 +26,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::{describe, Io};
 use super::ctx::{report_progress, Ctx, Flow, Live, Phase, PubPlan, Role, TaskResult};
+use super::fast::{Framed, PublishTemplate, Qos0Reader};
 use super::payload::{self, Stamp};
 use super::raw;
 use super::session::{
     options, IdleClient, LargePubClient, Session, SmallPubClient, SubClient, LARGE_STORE,
     MAX_PACKET, SMALL_PACKET, SMALL_STORE,
 };
-use super::stats::{histogram, PubTally, SubTally};
+use super::stats::{histogram, PubTally, SubTally, Window};
 
 /// How long a TCP connect may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +44,11 @@ const MAX_BATCH: u64 = 512;
 
 /// How long a closing connection tries to get its DISCONNECT out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a subscriber on the QoS 0 fast path still hands a packet to its session. Any
+/// packet tells the session the broker is alive (it clears a pending PINGRESP deadline,
+/// 10 s by default), so the session must keep seeing some while messages stream past it.
+const SESSION_TOUCH_NS: u64 = 1_000_000_000;
 
 /// The size of the PUBLISH packet for this topic, payload size and QoS.
 pub fn publish_packet_len(
@@ -189,6 +195,13 @@ struct Driver<'c> {
     phase: tokio::sync::watch::Receiver<Phase>,
     /// Publishers: the payload buffer, whose stamp changes per message.
     payload: Vec<u8>,
+    /// Publishers at QoS 0: their PUBLISH, encoded once the session accepted the first
+    /// one (so that its checks, such as the broker's maximum packet size, still apply).
+    template: Option<PublishTemplate>,
+    /// Subscribers: the QoS 0 fast path of their filter, once subscribed.
+    reader: Option<Qos0Reader>,
+    /// Subscribers: when the session last decoded a packet (see [`SESSION_TOUCH_NS`]).
+    session_seen_ns: u64,
     /// Publishers: the most QoS 1/2 messages awaiting acknowledgement.
     window: usize,
     /// Publishers: when each message awaiting acknowledgement was sent.
@@ -200,6 +213,9 @@ struct Driver<'c> {
     /// window) or the store is full. Only an acknowledgement can change that, so the
     /// connection waits for one instead of retrying at once, which would spin.
     session_full: bool,
+    /// The write buffer had no room for the next templated publish: only the socket taking
+    /// bytes can change that, so the connection waits for it to be writable.
+    write_full: bool,
     signalled_done: bool,
     /// Counts not yet added to the live counters.
     d_sent: u64,
@@ -221,6 +237,10 @@ impl<'c> Driver<'c> {
             Role::Publisher(p) => f64::from(p.id) / ctx.publishers.max(1) as f64,
             _ => 0.0,
         };
+        let reader = match &role {
+            Role::Subscriber(p) => Qos0Reader::new(ctx.version, &p.filter, MAX_PACKET),
+            _ => None,
+        };
         Driver {
             ctx,
             io,
@@ -230,11 +250,15 @@ impl<'c> Driver<'c> {
             permit,
             phase: ctx.phase.clone(),
             payload: payload::buffer(ctx.payload),
+            template: None,
+            reader,
+            session_seen_ns: 0,
             window: window.max(1),
             sent_at: HashMap::default(),
             pace_offset,
             publishing_done: false,
             session_full: false,
+            write_full: false,
             signalled_done: false,
             d_sent: 0,
             d_acked: 0,
@@ -421,6 +445,7 @@ impl<'c> Driver<'c> {
                 let blocked = flow.is_some()
                     || (ctx.qos != QoS::AtMostOnce && s.inflight() >= self.window)
                     || self.session_full
+                    || self.write_full
                     || s.pending_transmit() > 0;
                 deadline = deadline.min(if blocked {
                     ctx.end_ns.load(Ordering::Acquire)
@@ -493,15 +518,34 @@ impl<'c> Driver<'c> {
             allowed = allowed.min((self.window as u64).saturating_sub(outstanding));
         }
         self.session_full = false;
+        self.write_full = false;
         let window = ctx.window();
         let stamp_ns = ctx.clock.stamp_of(now_ns);
         let qos = ctx.qos;
         let mut published = 0;
-        while published < allowed {
+        // The template bypasses the session, so it may only append once the session's own
+        // bytes (a PINGREQ) are out of its queue, or they would be reordered.
+        if let Some(template) = self.template.as_ref().filter(|_| s.pending_transmit() == 0) {
+            let len = template.len();
+            let tail = self.io.write_tail();
+            for out in tail.chunks_exact_mut(len).take(allowed as usize) {
+                let stamp = Stamp {
+                    sent_ns: stamp_ns,
+                    publisher: plan.id,
+                    seq: u32::try_from(tally.sent + published).unwrap_or(u32::MAX),
+                };
+                template.write(&stamp, out);
+                published += 1;
+            }
+            self.io.wrote(published as usize * len);
+            self.write_full = published < allowed;
+        }
+        let mut acked_ids = false;
+        while published < allowed && self.template.is_none() {
             if qos != QoS::AtMostOnce && s.inflight() >= self.window {
                 break;
             }
-            let seq = u32::try_from(tally.sent).unwrap_or(u32::MAX);
+            let seq = u32::try_from(tally.sent + published).unwrap_or(u32::MAX);
             Stamp {
                 sent_ns: stamp_ns,
                 publisher: plan.id,
@@ -511,15 +555,14 @@ impl<'c> Driver<'c> {
             match s.publish(now, &plan.topic, &self.payload, qos) {
                 Ok(id) => {
                     published += 1;
-                    tally.sent += 1;
-                    tally.first_ns.get_or_insert(now_ns);
-                    tally.last_ns = Some(now_ns);
-                    if window.contains(now_ns) {
-                        tally.sent_in_window += 1;
-                    }
                     if let Some(id) = id {
                         self.sent_at.insert(id.get(), now_ns);
-                        tally.max_inflight = tally.max_inflight.max(s.inflight());
+                        acked_ids = true;
+                    } else if qos == QoS::AtMostOnce {
+                        // The session took one: the rest of this topic and size at QoS 0
+                        // is the same packet.
+                        self.template =
+                            PublishTemplate::new(ctx.version, &plan.topic, &self.payload);
                     }
                 }
                 Err(ClientError::InflightFull | ClientError::StoreFull) => {
@@ -539,6 +582,18 @@ impl<'c> Driver<'c> {
                 Err(e) => return Err(format!("publish: {e}")),
             }
         }
+        if published > 0 {
+            // One loop iteration is one instant: every message of the batch was sent now.
+            tally.sent += published;
+            tally.first_ns.get_or_insert(now_ns);
+            tally.last_ns = Some(now_ns);
+            if window.contains(now_ns) {
+                tally.sent_in_window += published;
+            }
+            if acked_ids {
+                tally.max_inflight = tally.max_inflight.max(s.inflight());
+            }
+        }
         self.d_sent += published;
         if tally.sent >= count {
             self.publishing_done = true;
@@ -546,20 +601,52 @@ impl<'c> Driver<'c> {
         Ok(published > 0)
     }
 
-    /// Feeds every complete packet read so far to the session.
+    /// Feeds every complete packet read so far to the session, or to the QoS 0 fast path.
     fn consume<S: Session>(
         &mut self,
         s: &mut S,
         now: Instant,
         result: &mut TaskResult,
     ) -> Result<bool, String> {
+        // Out of `self` for the call, which borrows `self` mutably throughout.
+        let reader = self.reader.take();
+        let fast = reader.as_ref().filter(|_| self.stage == Stage::Ready);
+        let consumed = self.consume_with(s, now, result, fast);
+        self.reader = reader;
+        consumed
+    }
+
+    fn consume_with<S: Session>(
+        &mut self,
+        s: &mut S,
+        now: Instant,
+        result: &mut TaskResult,
+        fast: Option<&Qos0Reader>,
+    ) -> Result<bool, String> {
         let mut progress = false;
         let recv_ns = self.ctx.clock.elapsed_ns();
         let window = self.ctx.window();
+        let mut session_due = recv_ns.saturating_sub(self.session_seen_ns) >= SESSION_TOUCH_NS;
         loop {
             let input = &self.io.rbuf[self.io.rstart..self.io.rend];
             if input.is_empty() {
                 break;
+            }
+            if let Some(reader) = fast.filter(|_| !session_due) {
+                match reader.read(input) {
+                    Framed::Message { payload, len } => {
+                        progress = true;
+                        let t = result.subscriber.as_mut();
+                        let (received, unique) = (&mut self.d_received, &mut self.d_unique);
+                        if count_message(self.ctx, t, received, unique, payload, recv_ns, window) {
+                            self.signal_done();
+                        }
+                        self.io.rstart += len;
+                        continue;
+                    }
+                    Framed::Incomplete => break,
+                    Framed::Session => {}
+                }
             }
             let received = match s.handle_bytes(now, input) {
                 Ok(r) => r,
@@ -583,21 +670,18 @@ impl<'c> Driver<'c> {
                 break;
             }
             progress = true;
+            session_due = false;
+            self.session_seen_ns = recv_ns;
             let consumed = received.consumed;
             if let Some(event) = received.event {
                 match event {
+                    // Handled inline: the payload borrows the read buffer.
                     ClientEvent::Message(publish) => {
-                        // Handled inline: the payload borrows the read buffer.
-                        self.d_received += 1;
-                        if let Some(t) = result.subscriber.as_mut() {
-                            if t.record(publish.payload, recv_ns, &self.ctx.clock, window) {
-                                self.d_unique += 1;
-                                if let Some(limit) = self.ctx.sub_count {
-                                    if t.unique == limit {
-                                        self.signal_done();
-                                    }
-                                }
-                            }
+                        let t = result.subscriber.as_mut();
+                        let (received, unique) = (&mut self.d_received, &mut self.d_unique);
+                        let payload = publish.payload;
+                        if count_message(self.ctx, t, received, unique, payload, recv_ns, window) {
+                            self.signal_done();
                         }
                     }
                     other => {
@@ -730,6 +814,28 @@ impl<'c> Driver<'c> {
         }
         Ok(())
     }
+}
+
+/// Counts one message received at `recv_ns` into a subscriber's tally and the live
+/// counters; whether the subscriber now has the distinct messages it waits for (`sub -n`).
+fn count_message(
+    ctx: &Ctx,
+    tally: Option<&mut SubTally>,
+    received: &mut u64,
+    unique: &mut u64,
+    payload: &[u8],
+    recv_ns: u64,
+    window: Window,
+) -> bool {
+    *received += 1;
+    let Some(t) = tally else {
+        return false;
+    };
+    if !t.record(payload, recv_ns, &ctx.clock, window) {
+        return false;
+    }
+    *unique += 1;
+    ctx.sub_count == Some(t.unique)
 }
 
 /// Waits for a subscriber of `flow` to advance; for ever without one.
