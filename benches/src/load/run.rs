@@ -751,7 +751,7 @@ fn build_report(
     config: &Config,
     ctx: &Ctx,
     plan: &Plan,
-    results: Vec<TaskResult>,
+    mut results: Vec<TaskResult>,
     spans: Spans,
     trackers: &Trackers,
     mut warnings: Vec<String>,
@@ -828,6 +828,10 @@ fn build_report(
     };
 
     // Subscribers.
+    let mut latency = None;
+    for t in results.iter_mut().filter_map(|r| r.subscriber.as_mut()) {
+        t.merge_latency_into(&mut latency);
+    }
     let subscriber_results: Vec<_> = results
         .iter()
         .filter_map(|r| r.subscriber.as_ref())
@@ -836,7 +840,6 @@ fn build_report(
         None
     } else {
         let mut d = Delivered::default();
-        let mut latency = None;
         let (mut in_window, mut last_recv) = (0u64, 0u64);
         let mut skewed = 0;
         for t in &subscriber_results {
@@ -848,7 +851,6 @@ fn build_report(
             skewed += t.clock_skewed;
             in_window += t.in_window;
             last_recv = last_recv.max(t.last_ns.unwrap_or(0));
-            merge(&mut latency, t.latency.as_ref());
             for set in &t.per_publisher {
                 if let Some(max) = set.max() {
                     d.gaps += set.missing_below(max + 1);

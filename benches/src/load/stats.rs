@@ -68,8 +68,14 @@ pub struct SubTally {
     pub first_ns: Option<u64>,
     /// See `first_ns`.
     pub last_ns: Option<u64>,
-    /// End-to-end latency of distinct messages received in the window.
-    pub latency: Option<Histogram<u64>>,
+    /// End-to-end latency of distinct messages received in the window, except the latest
+    /// run of equal ones (`run`): read it with [`SubTally::merge_latency_into`].
+    latency: Option<Histogram<u64>>,
+    /// The latest latencies not yet in `latency`: a value and how many times in a row it
+    /// was measured. A publisher stamps a whole batch with one send time and a subscriber
+    /// reads many messages at one receive time, so runs of equal latencies are the rule
+    /// under load, and one histogram update per run is cheaper than one per message.
+    run: (u64, u64),
     /// Messages stamped later than they arrived: only possible between two processes whose
     /// clocks disagree; recorded as zero latency and counted here so that it shows.
     pub clock_skewed: u64,
@@ -135,11 +141,30 @@ impl SubTally {
                     0
                 }
             };
-            self.latency
-                .get_or_insert_with(histogram)
-                .saturating_record(latency.max(1));
+            let latency = latency.max(1);
+            if self.run.0 == latency {
+                self.run.1 += 1;
+            } else {
+                self.flush_run();
+                self.run = (latency, 1);
+            }
         }
         true
+    }
+
+    fn flush_run(&mut self) {
+        let (value, count) = std::mem::take(&mut self.run);
+        if count > 0 {
+            self.latency
+                .get_or_insert_with(histogram)
+                .saturating_record_n(value, count);
+        }
+    }
+
+    /// Adds the end-to-end latencies recorded so far into `into` (created if needed).
+    pub fn merge_latency_into(&mut self, into: &mut Option<Histogram<u64>>) {
+        self.flush_run();
+        merge(into, self.latency.as_ref());
     }
 
     /// Distinct messages received from `publisher`.
@@ -259,8 +284,39 @@ mod tests {
         assert_eq!((t.reordered, t.foreign), (1, 1));
         assert_eq!(t.unique_from(2), 4);
         assert_eq!(t.unique_from(0), 0);
-        let p = Percentiles::of(t.latency.as_ref().unwrap()).unwrap();
+        let mut latency = None;
+        t.merge_latency_into(&mut latency);
+        let p = Percentiles::of(latency.as_ref().unwrap()).unwrap();
         assert_eq!(p.samples, 4);
         assert!(p.p50 >= 1.0, "{p:?}");
+    }
+
+    #[test]
+    fn runs_of_equal_latencies_are_all_recorded() {
+        let clock = Clock::new();
+        let mut t = SubTally::default();
+        let mut buf = payload::buffer(16);
+        let sent_ns = clock.stamp_ns();
+        let at = clock.elapsed_ns();
+        // Three at one latency, one at another, two at the first again.
+        for (seq, later) in [(0, 0), (1, 0), (2, 0), (3, 5_000), (4, 0), (5, 0)] {
+            Stamp {
+                sent_ns,
+                publisher: 0,
+                seq,
+            }
+            .write(&mut buf);
+            t.record(&buf, at + later, &clock, Window::ALL);
+        }
+        let mut latency = None;
+        t.merge_latency_into(&mut latency);
+        let h = latency.unwrap();
+        assert_eq!(h.len(), 6);
+        assert_eq!(h.count_at(h.max()), 1);
+        assert_eq!(h.count_at(h.min()), 5);
+        // Merging again adds nothing new: the run was folded in once.
+        let mut again = None;
+        t.merge_latency_into(&mut again);
+        assert_eq!(again.unwrap().len(), 6);
     }
 }
