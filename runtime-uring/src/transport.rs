@@ -94,8 +94,10 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
             Stream::Unix(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-            Stream::Ws(s) => s.read(buf).await,
+            // Boxed: a connection's task keeps room for its posted read as long as it
+            // lives, and these futures are several times a plain socket read's size.
+            Stream::Tls(s) => Box::pin(s.read(buf)).await,
+            Stream::Ws(s) => Box::pin(s.read(buf)).await,
         }
     }
 

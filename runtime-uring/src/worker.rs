@@ -38,11 +38,39 @@ struct ConnIo {
     closing: Cell<bool>,
     /// A writer task is running.
     writing: Cell<bool>,
+    /// The connection's place in the admission counts, given back when the last of its
+    /// tasks lets go of this.
+    _ticket: Option<Ticket>,
+}
+
+/// A connection not yet opened on a shard: boxed, so that the connection's task, which
+/// lives as long as the connection, does not keep room for it.
+struct Accepted {
+    stream: Stream,
+    /// Bytes already read (by the worker that handed the connection over).
+    received: Vec<u8>,
+    remote: String,
+    /// Already on the worker that owns its session.
+    settled: bool,
+    ticket: Option<Ticket>,
+}
+
+impl Accepted {
+    /// A connection just accepted (or through its handshakes) on this worker.
+    fn new(stream: Stream, remote: String, ticket: Ticket) -> Box<Accepted> {
+        Box::new(Accepted {
+            stream,
+            received: Vec::new(),
+            remote,
+            settled: false,
+            ticket: Some(ticket),
+        })
+    }
 }
 
 /// The smallest read buffer, posted while a connection is idle: an idle connection holds
 /// this much, not a full-size buffer (tokio-uring 0.5 has no provided-buffer rings).
-const MIN_READ: usize = 128;
+const MIN_READ: usize = 64;
 /// The largest read buffer, reached by doubling while reads keep filling it.
 const MAX_READ: usize = 64 * 1024;
 
@@ -160,13 +188,11 @@ impl Worker {
                     let _ = stream.set_nodelay(true);
                     let remote = remote.to_string();
                     if plain {
-                        tokio_uring::spawn(self.clone().connection(
+                        tokio_uring::spawn(self.clone().connection(Accepted::new(
                             Stream::Tcp(stream),
-                            Vec::new(),
                             remote,
-                            false,
-                            Some(ticket),
-                        ));
+                            ticket,
+                        )));
                     } else {
                         tokio_uring::spawn(self.clone().establish(
                             stream,
@@ -213,13 +239,11 @@ impl Worker {
                     let Some(ticket) = Ticket::admit(&self.shared, None) else {
                         continue;
                     };
-                    tokio_uring::spawn(self.clone().connection(
+                    tokio_uring::spawn(self.clone().connection(Accepted::new(
                         Stream::Unix(stream),
-                        Vec::new(),
                         String::from("unix"),
-                        false,
-                        Some(ticket),
-                    ));
+                        ticket,
+                    )));
                 }
                 Err(e) => {
                     warn!("unix accept failed: {e}");
@@ -230,45 +254,65 @@ impl Worker {
     }
 
     /// Runs a listener's TLS and WebSocket handshakes, within the time a client has to
-    /// send CONNECT, then serves the connection.
-    async fn establish(
+    /// send CONNECT, then serves the connection. The handshake is boxed: the task lives as
+    /// long as the connection and should not keep room for it.
+    fn establish(
         self: Rc<Self>,
         tcp: tokio_uring::net::TcpStream,
         endpoint: Endpoint,
         remote: String,
         ticket: Ticket,
-    ) {
-        let limit = self.shared.server_config.connect_timeout;
-        match tokio::time::timeout(limit, endpoint.establish(tcp)).await {
-            Ok(Ok(stream)) => {
-                self.connection(stream, Vec::new(), remote, false, Some(ticket))
-                    .await
+    ) -> impl std::future::Future<Output = ()> {
+        // Not an async fn: its arguments would stay in the task for the connection's life.
+        let handshake = Box::pin(async move {
+            let limit = self.shared.server_config.connect_timeout;
+            match tokio::time::timeout(limit, endpoint.establish(tcp)).await {
+                Ok(Ok(stream)) => Some((self, Accepted::new(stream, remote, ticket))),
+                // Info, not debug: a refused client certificate is the operator's business.
+                Ok(Err(e)) => {
+                    info!(remote, "TLS/WebSocket handshake failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    debug!(remote, "handshake timed out");
+                    None
+                }
             }
-            // Info, not debug: a refused client certificate is the operator's business.
-            Ok(Err(e)) => info!(remote, "TLS/WebSocket handshake failed: {e}"),
-            Err(_) => debug!(remote, "handshake timed out"),
+        });
+        async move {
+            if let Some((worker, accepted)) = handshake.await {
+                worker.connection(accepted).await;
+            }
         }
     }
 
+    /// Serves an accepted connection. The task's future lives as long as the connection, so
+    /// it holds only the read loop's state: what setting the connection up needs (the
+    /// first packet's read and its timer, the remote address) is boxed and freed before.
+    async fn connection(self: Rc<Self>, accepted: Box<Accepted>) {
+        let Some((id, io)) = Box::pin(self.clone().settle(accepted)).await else {
+            return;
+        };
+        self.read_loop(id, io).await;
+    }
+
     /// Reads a connection's first packet, and if it is a CONNECT for a session another
-    /// worker owns, hands the connection there; otherwise serves it here.
-    async fn connection(
-        self: Rc<Self>,
-        stream: Stream,
-        mut received: Vec<u8>,
-        remote: String,
-        settled: bool,
-        ticket: Option<Ticket>,
-    ) {
+    /// worker owns, hands the connection there (`None`); otherwise opens it on this shard.
+    async fn settle(self: Rc<Self>, accepted: Box<Accepted>) -> Option<(ConnectionId, Rc<ConnIo>)> {
+        let Accepted {
+            stream,
+            mut received,
+            remote,
+            settled,
+            ticket,
+        } = *accepted;
         if !settled && self.shared.workers() > 1 {
             // The shard's connect timeout does not run before the shard sees the
             // connection, so this read has its own.
             let limit = self.shared.server_config.connect_timeout;
-            // Boxed: the connection's task would otherwise keep room for this future for
-            // as long as the connection lives.
             let first = tokio::time::timeout(
                 limit,
-                Box::pin(first_packet(&stream, received, self.shared.workers())),
+                first_packet(&stream, received, self.shared.workers()),
             )
             .await
             .unwrap_or(None);
@@ -288,23 +332,17 @@ impl Worker {
                         }
                         Err(e) => warn!("handing a connection over failed: {e}"),
                     }
-                    return;
+                    return None;
                 }
                 Some((bytes, _)) => received = bytes,
                 None => {
                     // Shut down, not just drop: a read still posted would keep the socket
                     // open until the peer sends something.
                     stream.shutdown();
-                    return;
+                    return None;
                 }
             }
         }
-        self.serve(stream, received, remote).await;
-        // The connection is over: its place in the admission counts is free again.
-        drop(ticket);
-    }
-
-    async fn serve(self: Rc<Self>, stream: Stream, received: Vec<u8>, remote: String) {
         let now = self.now();
         let identity = stream.identity();
         let id = self
@@ -316,12 +354,19 @@ impl Worker {
             readable: Notify::new(),
             closing: Cell::new(false),
             writing: Cell::new(false),
+            _ticket: ticket,
         });
         self.conns.borrow_mut().insert(id, io.clone());
         WorkerStats::add(&self.stats().connections_open, 1);
         if !received.is_empty() {
             self.input(id, &received);
         }
+        Some((id, io))
+    }
+
+    /// Keeps one read posted on the connection and hands what arrives to the shard, until
+    /// the connection ends.
+    async fn read_loop(self: Rc<Self>, id: ConnectionId, io: Rc<ConnIo>) {
         let mut buf = Vec::with_capacity(MIN_READ);
         loop {
             if io.closing.get() {
@@ -544,10 +589,13 @@ impl Worker {
                     remote,
                 } => {
                     let stream = stream.into_stream();
-                    tokio_uring::spawn(
-                        self.clone()
-                            .connection(stream, received, remote, true, ticket),
-                    );
+                    tokio_uring::spawn(self.clone().connection(Box::new(Accepted {
+                        stream,
+                        received,
+                        remote,
+                        settled: true,
+                        ticket,
+                    })));
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
                 WorkerMessage::Committed(upto) => self.committed(upto),

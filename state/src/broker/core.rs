@@ -2249,6 +2249,11 @@ impl SessionSubscriptions {
         match self.position(&subscription.filter) {
             Ok(i) => Some(core::mem::replace(&mut self.0[i], subscription)),
             Err(i) => {
+                // Most sessions hold one subscription: the first takes room for one, not
+                // the four a growing Vec starts with.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
                 self.0.insert(i, subscription);
                 None
             }
