@@ -71,6 +71,10 @@ impl Accepted {
 /// The smallest read buffer, posted while a connection is idle: an idle connection holds
 /// this much, not a full-size buffer (tokio-uring 0.5 has no provided-buffer rings).
 const MIN_READ: usize = 64;
+/// Accepts each worker keeps posted per TCP listener. More than one: in a burst of new
+/// connections, every completion of a scheduling round is an accepted socket, rather than
+/// one per round with the next accept posted only after it.
+const ACCEPTS_IN_FLIGHT: usize = 4;
 /// The largest read buffer, reached by doubling while reads keep filling it.
 const MAX_READ: usize = 64 * 1024;
 
@@ -156,8 +160,10 @@ impl Worker {
             }
         }
         for (listener, endpoint) in tcp {
-            let listener = tokio_uring::net::TcpListener::from_std(listener);
-            tokio_uring::spawn(self.clone().accept_tcp(listener, endpoint));
+            let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
+            for _ in 0..ACCEPTS_IN_FLIGHT {
+                tokio_uring::spawn(self.clone().accept_tcp(listener.clone(), endpoint.clone()));
+            }
         }
         for listener in unix {
             tokio_uring::spawn(self.clone().accept_unix(listener));
@@ -171,7 +177,7 @@ impl Worker {
 
     async fn accept_tcp(
         self: Rc<Self>,
-        listener: tokio_uring::net::TcpListener,
+        listener: Rc<tokio_uring::net::TcpListener>,
         endpoint: Endpoint,
     ) {
         let plain = endpoint.tls.is_none() && endpoint.websocket.is_none();
@@ -185,7 +191,6 @@ impl Worker {
                     let Some(ticket) = Ticket::admit(&self.shared, Some(remote)) else {
                         continue;
                     };
-                    let _ = stream.set_nodelay(true);
                     let remote = remote.to_string();
                     if plain {
                         tokio_uring::spawn(self.clone().connection(Accepted::new(
