@@ -728,9 +728,14 @@ async fn first_packet(
             Err(_) => return Some((received, None)),
         }
         let buf = Vec::with_capacity(MIN_READ * 4);
-        let (result, buf) = stream.read(buf).await;
+        let (result, mut buf) = stream.read(buf).await;
         match result {
             Ok(0) | Err(_) => return None,
+            // The usual case, a CONNECT in one read: keep the buffer rather than copy it.
+            Ok(n) if received.is_empty() => {
+                buf.truncate(n);
+                received = buf;
+            }
             Ok(n) => received.extend_from_slice(&buf[..n]),
         }
     }
