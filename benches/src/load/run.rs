@@ -472,12 +472,7 @@ async fn run(config: &Config) -> Result<Report, String> {
     // End-to-end windows when the subscribers are ours: one slot per subscriber of each
     // publisher (fan-out: all subscribers of publisher 0; otherwise one).
     let flows = match plan.deliveries_per_message {
-        Some(per) => (0..publishers)
-            .map(|_| Flow {
-                delivered: (0..per).map(|_| AtomicU64::new(0)).collect(),
-                wake: tokio::sync::Notify::new(),
-            })
-            .collect(),
+        Some(per) => (0..publishers).map(|_| Flow::new(per)).collect(),
         None => Vec::new(),
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
