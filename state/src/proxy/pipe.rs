@@ -24,7 +24,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use petrel_codec::{
     ConnAck, Connect, DecodeError, Decoded, Decoder, Disconnect, List, Packet, PacketId,
     ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter,
@@ -235,6 +235,39 @@ impl Pipe {
         Some(frame)
     }
 
+    /// The frames waiting for `side`, in order, without taking them: the first slice, then
+    /// the second. For a writer that tries to send in place and then reports with
+    /// [`transmitted`](Self::transmitted) how many bytes went.
+    pub fn frames(&self, side: Side) -> (&[Bytes], &[Bytes]) {
+        match side {
+            Side::Client => self.to_client.as_slices(),
+            Side::Upstream => self.to_upstream.as_slices(),
+        }
+    }
+
+    /// `written` bytes of the frames waiting for `side` (as [`frames`](Self::frames)
+    /// showed them) are out: those frames are dropped, and one written in part keeps its
+    /// tail. More than is queued counts as everything.
+    pub fn transmitted(&mut self, side: Side, mut written: usize) {
+        let queue = match side {
+            Side::Client => &mut self.to_client,
+            Side::Upstream => &mut self.to_upstream,
+        };
+        while written > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            let n = written.min(front.len());
+            if n == front.len() {
+                queue.pop_front();
+            } else {
+                front.advance(n);
+            }
+            self.queued[side as usize] -= n;
+            written -= n;
+        }
+    }
+
     /// The bytes waiting to be written to `side`.
     pub fn queued(&self, side: Side) -> usize {
         self.queued[side as usize]
@@ -281,6 +314,11 @@ impl Pipe {
         if pending.is_empty() {
             self.handle_frames(now, from, &mut data, hooks);
             pending = data;
+        }
+        // An empty remainder still holds the whole read buffer (the frames split off it
+        // share its storage): let it go with the last frame, not with the next read.
+        if pending.is_empty() {
+            pending = BytesMut::new();
         }
         self.pending[from as usize] = pending;
     }

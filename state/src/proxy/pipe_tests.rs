@@ -212,6 +212,49 @@ fn unchanged_packets_are_the_original_frames_uncopied() {
 }
 
 #[test]
+fn a_read_buffer_lives_only_as_long_as_its_frames() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    let mut buf = BytesMut::with_capacity(4096);
+    buf.extend_from_slice(&bytes(
+        Packet::Publish(publish("a", QoS::AtMostOnce, 0, b"p")),
+        V5,
+    ));
+    h.pipe.handle_client(h.now, buf, &mut *h.hooks);
+    let frames = h.drain(Side::Upstream);
+    // The pipe kept no handle on the buffer: once written, the frame frees it.
+    assert!(frames[0].is_unique());
+}
+
+#[test]
+fn frames_are_shown_in_place_and_dropped_as_written() {
+    let mut h = Harness::connected(AllowAll, V5, None);
+    let a = bytes(Packet::Publish(publish("a", QoS::AtMostOnce, 0, b"1")), V5);
+    let b = bytes(Packet::Publish(publish("b", QoS::AtMostOnce, 0, b"22")), V5);
+    let mut both = a.clone();
+    both.extend_from_slice(&b);
+    h.pipe.handle_client(h.now, both, &mut *h.hooks);
+    let shown = |pipe: &Pipe| -> Vec<u8> {
+        let (first, second) = pipe.frames(Side::Upstream);
+        first
+            .iter()
+            .chain(second)
+            .flat_map(|f| f.to_vec())
+            .collect()
+    };
+    let total = a.len() + b.len();
+    assert_eq!(h.pipe.queued(Side::Upstream), total);
+    // The first frame and part of the second went out: the second's tail stays.
+    h.pipe.transmitted(Side::Upstream, a.len() + 2);
+    assert_eq!(shown(&h.pipe), b[2..].to_vec());
+    assert_eq!(h.pipe.queued(Side::Upstream), b.len() - 2);
+    h.pipe.transmitted(Side::Upstream, 0);
+    assert_eq!(h.pipe.queued(Side::Upstream), b.len() - 2);
+    h.pipe.transmitted(Side::Upstream, total);
+    assert_eq!((shown(&h.pipe), h.pipe.queued(Side::Upstream)), (vec![], 0));
+    assert!(h.drain(Side::Upstream).is_empty());
+}
+
+#[test]
 fn tenant_prefix_round_trip() {
     let mut h = Harness::connected(tenant(), V5, Some("alice"));
     h.client(Packet::Publish(publish("a/b", QoS::AtLeastOnce, 1, b"hi")));
