@@ -20,6 +20,9 @@ use self::tls::{TlsState, TlsStream};
 use self::ws::{Carrier, WsState, WsStream};
 use crate::config::ListenerConfig;
 
+/// Frames offered to one [`Stream::try_send`], on the stack.
+pub(crate) const TRY_SEND_SLICES: usize = 64;
+
 /// A connection's transport.
 pub(crate) enum Stream {
     Tcp(tokio_uring::net::TcpStream),
@@ -157,6 +160,47 @@ impl Stream {
             }
         }
         Ok(())
+    }
+
+    /// Sends what the socket takes of `frames` at once, without waiting: one non-blocking
+    /// gathering send (nothing copied), `Ok(0)` when the socket is full. `None` for TLS and
+    /// WebSocket streams, which write only through [`write_frames`](Self::write_frames).
+    pub(crate) fn try_send<'a>(
+        &self,
+        frames: impl Iterator<Item = &'a bytes::Bytes>,
+    ) -> Option<io::Result<usize>> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(_) | Stream::Ws(_) => return None,
+        };
+        let mut slices = [io::IoSlice::new(&[]); TRY_SEND_SLICES];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(frames) {
+            *slot = io::IoSlice::new(frame);
+            count += 1;
+        }
+        // SAFETY: `fd` belongs to `self`, which outlives this borrow; the socket is only
+        // written to here, not closed.
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        Some(
+            match socket2::SockRef::from(&borrowed)
+                .send_vectored_with_flags(&slices[..count], flags)
+            {
+                Ok(n) => Ok(n),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    Ok(0)
+                }
+                Err(e) => Err(e),
+            },
+        )
     }
 
     /// Ends the connection the way its protocol ends a stream (TLS close_notify, a

@@ -6,8 +6,9 @@
 //!
 //! - one tokio-uring worker per core, each accepting on its own `SO_REUSEPORT` socket,
 //!   over plain TCP or the broker's TLS and WebSocket transports (`crate::transport`);
-//!   per client a reader per side, a writer per side only while there is something to
-//!   write (frames go out with one gathering write, so a forwarded frame is never copied);
+//!   per client a reader per side; frames go out with one gathering send, in place from
+//!   the reader when the socket takes them, else from a writer task that lives only while
+//!   there is something left to write (either way a forwarded frame is never copied);
 //! - a health thread that runs the balancer's probes (connect, CONNECT, CONNACK) and tells
 //!   the workers to disconnect the clients of an upstream declared down or removed;
 //! - [`RunningProxy::reload`] for new upstreams (SIGHUP in the `petrel proxy` command).

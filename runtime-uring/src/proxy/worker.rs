@@ -1,9 +1,11 @@
 //! One proxy worker: a tokio-uring runtime serving the clients its listener accepts.
 //!
 //! Per client, a [`Pair`]: the client's stream, the upstream's once connected, and the
-//! sans-IO [`Pipe`] between them. A reader per side hands what it reads to the pipe; a
-//! writer per side runs only while the pipe has frames for that side, and writes them with
-//! one gathering write. A reader stops reading while the other side has more than
+//! sans-IO [`Pipe`] between them. A reader per side hands what it reads to the pipe, and
+//! the frames the pipe has for a side are sent at once, in place, with one non-blocking
+//! gathering send. A writer task per side runs only for what a socket did not take (and for
+//! TLS and WebSocket streams), writing through io_uring until the pipe has nothing left for
+//! that side. A reader stops reading while the other side has more than
 //! [`MAX_QUEUED`] bytes waiting, so a slow peer slows its partner instead of filling memory.
 
 use std::cell::{Cell, RefCell};
@@ -24,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::hooks::ProxyHooks;
 use super::{HealthCommand, ProxyMessage, ProxyShared};
 use crate::auth::AccessView;
-use crate::transport::{Endpoint, Stream};
+use crate::transport::{Endpoint, Stream, TRY_SEND_SLICES};
 
 /// The smallest read buffer, posted while a side is idle.
 const MIN_READ: usize = 128;
@@ -74,6 +76,48 @@ fn other(side: Side) -> Side {
     match side {
         Side::Client => Side::Upstream,
         Side::Upstream => Side::Client,
+    }
+}
+
+/// Sends what the pipe has for `side` in place, as far as the socket takes it at once;
+/// false if bytes are left for a writer task. Most writes fit the socket's buffer, and sent
+/// here they cost no task, no submission and no completion that wakes the worker again.
+fn send_now(pair: &Pair, side: Side, stream: &Stream) -> bool {
+    loop {
+        let (offered, sent) = {
+            let pipe = pair.pipe.borrow();
+            let (first, second) = pipe.frames(side);
+            let offered: usize = first
+                .iter()
+                .chain(second)
+                .take(TRY_SEND_SLICES)
+                .map(Bytes::len)
+                .sum();
+            match stream.try_send(first.iter().chain(second)) {
+                None => return false,
+                Some(sent) => (offered, sent),
+            }
+        };
+        match sent {
+            Ok(0) => return false,
+            Ok(n) => {
+                pair.pipe.borrow_mut().transmitted(side, n);
+                pair.drained[side as usize].notify_one();
+                if pair.pipe.borrow().queued(side) == 0 {
+                    return true;
+                }
+                // Less than offered: the socket is full. All of it: more frames than
+                // one send takes.
+                if n < offered {
+                    return false;
+                }
+            }
+            Err(e) => {
+                debug!(pair = pair.id, side = ?side, "send failed: {e}");
+                pair.closing.set(true);
+                return true;
+            }
+        }
     }
 }
 
@@ -240,7 +284,8 @@ impl Worker {
         self.after(pair);
     }
 
-    /// Does what the pipe asks, starts the writers it needs, and closes a finished pair.
+    /// Does what the pipe asks, sends what it has for each side (starting a writer for what
+    /// a socket did not take), and closes a finished pair.
     fn after(self: &Rc<Self>, pair: &Rc<Pair>) {
         loop {
             let event = pair.pipe.borrow_mut().poll_event();
@@ -264,11 +309,14 @@ impl Worker {
             }
         }
         for side in [Side::Client, Side::Upstream] {
-            let has_stream = side == Side::Client || pair.upstream.borrow().is_some();
-            if has_stream
-                && pair.pipe.borrow().queued(side) > 0
-                && !pair.writing[side as usize].replace(true)
-            {
+            if pair.writing[side as usize].get() || pair.pipe.borrow().queued(side) == 0 {
+                continue;
+            }
+            let Some(stream) = pair.stream(side) else {
+                continue;
+            };
+            if !send_now(pair, side, &stream) {
+                pair.writing[side as usize].set(true);
                 tokio_uring::spawn(self.clone().write(pair.clone(), side));
             }
         }
@@ -277,8 +325,11 @@ impl Worker {
         }
     }
 
+    /// Writes what the pipe has for `side` through io_uring until nothing is left: for the
+    /// frames a socket did not take at once, and for TLS and WebSocket streams.
     async fn write(self: Rc<Self>, pair: Rc<Pair>, side: Side) {
         if let Some(stream) = pair.stream(side) {
+            let mut yielded = false;
             loop {
                 let frames: Vec<Bytes> = {
                     let mut pipe = pair.pipe.borrow_mut();
@@ -287,8 +338,17 @@ impl Worker {
                         .collect()
                 };
                 if frames.is_empty() {
+                    // A peer that filled its socket is busy, and more is usually on its
+                    // way: let the readers run once before ending, rather than ending
+                    // and being spawned again for the next packet.
+                    if !yielded && !pair.closing.get() {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
                     break;
                 }
+                yielded = false;
                 if stream.write_frames(frames).await.is_err() {
                     pair.closing.set(true);
                     break;
