@@ -232,7 +232,9 @@ impl Worker {
             // Until its CONNECT has been read a client has `connect_timeout`; then the
             // upstream's keep-alive watches it.
             let (result, filled) = if side == Side::Client && !pair.connected.get() {
-                match tokio::time::timeout_at(connect_deadline, read).await {
+                // Boxed, so that the timer's room is taken only until the CONNECT, not for
+                // the life of the reader.
+                match Box::pin(tokio::time::timeout_at(connect_deadline, read)).await {
                     Ok(done) => done,
                     Err(_) => {
                         debug!(pair = pair.id, "no CONNECT in time");
