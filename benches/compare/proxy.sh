@@ -9,9 +9,13 @@
 #     bash benches/compare/proxy.sh                     # 3 rounds, about 4 minutes
 #     ROUNDS=1 DURATION=2s bash benches/compare/proxy.sh   # a quick look
 #
+# A second table gives what the measured process (mosquitto, or the proxy in front of it)
+# spent per delivered message: CPU time, and wake-ups (voluntary context switches).
+#
 # Environment: ROUNDS (3), DURATION (4s), WARMUP (1s), CLIENTS (connections of the memory
-# scenario, 5000), WORKERS (proxy workers, 1), OUT (target/compare-proxy/<time>), ONLY
-# (space-separated subset of the scenario names below).
+# scenario, 5000), WORKERS (proxy workers; the proxy's default, one per core, if unset),
+# OUT (target/compare-proxy/<time>), ONLY (space-separated subset of the scenario names
+# below).
 #
 # One upstream: the proxy places clients by client id, and petrel-bench's publishers and
 # subscribers must meet on one broker (two unbridged mosquittos would split them).
@@ -24,7 +28,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-4s}"
 WARMUP="${WARMUP:-1s}"
 CLIENTS="${CLIENTS:-5000}"
-WORKERS="${WORKERS:-1}"
+WORKERS="${WORKERS:-}"
 OUT="${OUT:-target/compare-proxy/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
 
@@ -70,11 +74,18 @@ start() {
     if [ "$target" = proxy ]; then
         PORT="$("$BENCH" free-port)"
         "$PETREL" proxy --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$mport" \
-            --workers "$WORKERS" --log-level warn >"$dir/proxy.log" 2>&1 &
+            ${WORKERS:+--workers "$WORKERS"} --log-level warn >"$dir/proxy.log" 2>&1 &
         PIDS+=($!)
         TARGET_PID=$!
         wait_port "$PORT" "$TARGET_PID" proxy "$dir/proxy.log"
     fi
+}
+
+# Times the process slept and was woken (all its threads): the cost per hop that CPU time
+# misses, and one that stays put when other work on the machine moves timings around.
+sleeps() {
+    cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
 STARTED=$(date +%s)
@@ -89,12 +100,14 @@ for round in $(seq "$ROUNDS"); do
             log "round $round/$ROUNDS  $name  $target"
             start "$target"
             result="$OUT/results/$name.$target.r$round.json"
+            slept=$(sleeps "$TARGET_PID")
             if ! "$BENCH" $args --port "$PORT" --broker-pid "$TARGET_PID" --label "$target" \
                 --name "$name" --json --quiet "${extra[@]}" \
                 >"$result" 2>"$OUT/logs/$name.$target.r$round.txt"; then
                 log "  failed; see $OUT/logs/$name.$target.r$round.txt"
                 rm -f "$result"
             fi
+            echo $(($(sleeps "$TARGET_PID") - slept)) >"${result%.json}.sleeps"
             stop_all
         done
     done
@@ -109,7 +122,13 @@ runs = {}
 for path in glob.glob(os.path.join(sys.argv[1], "*.json")):
     name, target, _ = os.path.basename(path).split(".", 2)
     with open(path) as f:
-        runs.setdefault((name, target), []).append(json.load(f))
+        result = json.load(f)
+    try:
+        with open(path[: -len(".json")] + ".sleeps") as f:
+            result["sleeps"] = int(f.read())
+    except (OSError, ValueError):
+        result["sleeps"] = None
+    runs.setdefault((name, target), []).append(result)
 
 def med(values):
     values = [v for v in values if v is not None]
@@ -149,5 +168,29 @@ p = med(mem_per_conn(r) for r in runs.get(("conn", "proxy"), []))
 n = med(r["connections"]["established"] for r in runs.get(("conn", "proxy"), []))
 if d and p:
     print(f"| memory per connection ({n:,.0f} subscribed clients) | mosquitto {d / 1024:.1f} KiB | proxy process {p / 1024:.1f} KiB | - |")
+
+# What the measured process (mosquitto direct, the proxy in front of it) spent per delivered
+# message, counting warm-up and connection setup too: CPU time, and how often it slept and
+# was woken.
+def per_message(r, value):
+    received = (r.get("delivered") or {}).get("received")
+    return value / received if value is not None and received else None
+
+def cpu_us(r):
+    return per_message(r, 1e6 * (r.get("broker") or {}).get("cpu_seconds", 0))
+
+def wakeups(r):
+    return per_message(r, r.get("sleeps"))
+
+print()
+print("| scenario | mosquitto direct: CPU, wake-ups per message | proxy: CPU, wake-ups per message |")
+print("| --- | ---: | ---: |")
+for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1", "latency-2k", "latency-20k"]:
+    cells = []
+    for target in ["direct", "proxy"]:
+        rs = runs.get((name, target), [])
+        c, w = med(cpu_us(r) for r in rs), med(wakeups(r) for r in rs)
+        cells.append(f"{c:.1f} µs, {w:.2f}" if c is not None and w is not None else "-")
+    print(f"| {name} | {cells[0]} | {cells[1]} |")
 PY
 log "done in ${ELAPSED}s; load average $LOAD_START / $LOAD_END; results in $OUT"
