@@ -283,7 +283,13 @@ impl Pipe {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<PipeEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        // Events are rare (the upstream to open, the close, lines for a traced client):
+        // an idle pair should not keep room for them.
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     fn decoder(&self) -> Decoder {

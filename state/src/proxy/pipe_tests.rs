@@ -223,6 +223,8 @@ fn a_read_buffer_lives_only_as_long_as_its_frames() {
     let frames = h.drain(Side::Upstream);
     // The pipe kept no handle on the buffer: once written, the frame frees it.
     assert!(frames[0].is_unique());
+    // Nor room for the events it gave out since the CONNECT.
+    assert_eq!(h.pipe.events.capacity(), 0);
 }
 
 #[test]
