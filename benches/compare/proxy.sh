@@ -15,7 +15,9 @@
 # Environment: ROUNDS (3), DURATION (4s), WARMUP (1s), CLIENTS (connections of the memory
 # scenario, 5000), WORKERS (proxy workers; the proxy's default, one per core, if unset),
 # OUT (target/compare-proxy/<time>), ONLY (space-separated subset of the scenario names
-# below).
+# below), BASE (another petrel binary, for example main's build: run as a third target,
+# `base`, in front of its own mosquitto in the same rounds, so that two builds of the proxy
+# are compared under the same load).
 #
 # One upstream: the proxy places clients by client id, and petrel-bench's publishers and
 # subscribers must meet on one broker (two unbridged mosquittos would split them).
@@ -30,6 +32,9 @@ WARMUP="${WARMUP:-1s}"
 CLIENTS="${CLIENTS:-5000}"
 WORKERS="${WORKERS:-}"
 OUT="${OUT:-target/compare-proxy/$(date +%Y%m%d-%H%M%S)}"
+BASE="${BASE:-}"
+TARGETS=(direct proxy)
+[ -n "$BASE" ] && TARGETS+=(base)
 mkdir -p "$OUT/results" "$OUT/logs" "$OUT/run"
 
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
@@ -58,8 +63,8 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# Starts mosquitto (and for `proxy` the proxy in front of it); sets PORT and TARGET_PID to
-# what the load generator connects to and measures.
+# Starts mosquitto (and for `proxy` and `base` a proxy in front of it); sets PORT and
+# TARGET_PID to what the load generator connects to and measures.
 start() {
     local target=$1 dir="$OUT/run/$1"
     mkdir -p "$dir"
@@ -71,9 +76,11 @@ start() {
     TARGET_PID=$!
     PORT=$mport
     wait_port "$mport" "$TARGET_PID" mosquitto "$dir/mosquitto.log"
-    if [ "$target" = proxy ]; then
+    if [ "$target" != direct ]; then
+        local petrel=$PETREL
+        [ "$target" = base ] && petrel=$BASE
         PORT="$("$BENCH" free-port)"
-        "$PETREL" proxy --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$mport" \
+        "$petrel" proxy --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$mport" \
             ${WORKERS:+--workers "$WORKERS"} --log-level warn >"$dir/proxy.log" 2>&1 &
         PIDS+=($!)
         TARGET_PID=$!
@@ -81,8 +88,8 @@ start() {
     fi
 }
 
-# Times the process slept and was woken (all its threads): the cost per hop that CPU time
-# misses, and one that stays put when other work on the machine moves timings around.
+# Times the process slept and was woken (all its threads): a cost per hop that CPU time
+# misses.
 sleeps() {
     cat /proc/"$1"/task/*/status 2>/dev/null |
         awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
@@ -94,7 +101,7 @@ for round in $(seq "$ROUNDS"); do
     for entry in "${SCENARIOS[@]}"; do
         name="${entry%%|*}"
         args="${entry#*|}"
-        for target in direct proxy; do
+        for target in "${TARGETS[@]}"; do
             extra=()
             [ "$name" != conn ] && extra+=(--duration "$DURATION" --warmup "$WARMUP")
             log "round $round/$ROUNDS  $name  $target"
@@ -147,27 +154,47 @@ def mem_per_conn(r):
 def ratio(a, b):
     return f"{100 * a / b:.0f}%" if a and b else "-"
 
-print("| scenario | direct to mosquitto | through the proxy | proxy / direct |")
-print("| --- | ---: | ---: | ---: |")
+targets = ["direct", "proxy"] + (["base"] if any(t == "base" for _, t in runs) else [])
+proxies = targets[1:]
+label = {"proxy": "through the proxy", "base": "through BASE"}
+
+def fmt_rate(v):
+    return f"{v:,.0f} msg/s" if v else "-"
+
+head = ["scenario", "direct to mosquitto"]
+for t in proxies:
+    head += [label[t], f"{t} / direct"]
+print("| " + " | ".join(head) + " |")
+print("| --- |" + " ---: |" * (len(head) - 1))
 for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1"]:
     d = med(rate(r) for r in runs.get((name, "direct"), []))
-    p = med(rate(r) for r in runs.get((name, "proxy"), []))
-    lost_p = sum(lost(r) for r in runs.get((name, "proxy"), []))
-    fmt = lambda v: f"{v:,.0f} msg/s" if v else "-"
-    if d is None and p is None:
+    if d is None:
         continue
-    print(f"| {name} (delivered) | {fmt(d)} | {fmt(p)} (lost {lost_p}) | {ratio(p, d)} |")
+    row = [f"{name} (delivered)", fmt_rate(d)]
+    for t in proxies:
+        p = med(rate(r) for r in runs.get((name, t), []))
+        lost_p = sum(lost(r) for r in runs.get((name, t), []))
+        row += [f"{fmt_rate(p)} (lost {lost_p})", ratio(p, d)]
+    print("| " + " | ".join(row) + " |")
 for name in ["latency-2k", "latency-20k"]:
     for pct in ["p50", "p99"]:
-        d = med(((r.get("delivered") or {}).get("latency_us") or {}).get(pct) for r in runs.get((name, "direct"), []))
-        p = med(((r.get("delivered") or {}).get("latency_us") or {}).get(pct) for r in runs.get((name, "proxy"), []))
-        if d and p:
-            print(f"| {name} latency {pct} | {d / 1000:.2f} ms | {p / 1000:.2f} ms | {100 * (p - d) / d:+.0f}% |")
+        lat = lambda t: med(((r.get("delivered") or {}).get("latency_us") or {}).get(pct) for r in runs.get((name, t), []))
+        d = lat("direct")
+        if not d:
+            continue
+        row = [f"{name} latency {pct}", f"{d / 1000:.2f} ms"]
+        for t in proxies:
+            p = lat(t)
+            row += [f"{p / 1000:.2f} ms", f"{100 * (p - d) / d:+.0f}%"] if p else ["-", "-"]
+        print("| " + " | ".join(row) + " |")
 d = med(mem_per_conn(r) for r in runs.get(("conn", "direct"), []))
-p = med(mem_per_conn(r) for r in runs.get(("conn", "proxy"), []))
 n = med(r["connections"]["established"] for r in runs.get(("conn", "proxy"), []))
-if d and p:
-    print(f"| memory per connection ({n:,.0f} subscribed clients) | mosquitto {d / 1024:.1f} KiB | proxy process {p / 1024:.1f} KiB | - |")
+if d and n:
+    row = [f"memory per connection ({n:,.0f} subscribed clients)", f"mosquitto {d / 1024:.1f} KiB"]
+    for t in proxies:
+        p = med(mem_per_conn(r) for r in runs.get(("conn", t), []))
+        row += [f"{t} process {p / 1024:.1f} KiB" if p else "-", "-"]
+    print("| " + " | ".join(row) + " |")
 
 # What the measured process (mosquitto direct, the proxy in front of it) spent per delivered
 # message, counting warm-up and connection setup too: CPU time, and how often it slept and
@@ -183,14 +210,14 @@ def wakeups(r):
     return per_message(r, r.get("sleeps"))
 
 print()
-print("| scenario | mosquitto direct: CPU, wake-ups per message | proxy: CPU, wake-ups per message |")
-print("| --- | ---: | ---: |")
+print("| scenario | " + " | ".join(f"{t}: CPU, wake-ups per message" for t in targets) + " |")
+print("| --- |" + " ---: |" * len(targets))
 for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1", "latency-2k", "latency-20k"]:
     cells = []
-    for target in ["direct", "proxy"]:
+    for target in targets:
         rs = runs.get((name, target), [])
         c, w = med(cpu_us(r) for r in rs), med(wakeups(r) for r in rs)
         cells.append(f"{c:.1f} µs, {w:.2f}" if c is not None and w is not None else "-")
-    print(f"| {name} | {cells[0]} | {cells[1]} |")
+    print(f"| {name} | " + " | ".join(cells) + " |")
 PY
 log "done in ${ELAPSED}s; load average $LOAD_START / $LOAD_END; results in $OUT"
