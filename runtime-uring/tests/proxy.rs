@@ -497,8 +497,10 @@ fn tls_and_secure_websocket_terminate_at_the_proxy() {
             "--cafile", ca, "-i", &ids[0], "-t", "tls/x", "-q", "1", "-C", "1", "-W", "10",
         ],
     );
+    // Retained, so a subscriber whose TLS handshake (slow in a debug build on a busy
+    // machine) ends after the publish still gets it.
     let output = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile", ca])
+        .args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile", ca, "-r"])
         .args(["-i", &ids[1], "-t", "tls/x", "-m", "secret", "-q", "1"])
         .output()
         .expect("mosquitto_pub");
