@@ -218,6 +218,7 @@ for name in ["pairs-qos0", "pairs-qos1", "fan-in-qos1", "latency-2k", "latency-2
         rs = runs.get((name, target), [])
         c, w = med(cpu_us(r) for r in rs), med(wakeups(r) for r in rs)
         cells.append(f"{c:.1f} µs, {w:.2f}" if c is not None and w is not None else "-")
-    print(f"| {name} | " + " | ".join(cells) + " |")
+    if any(c != "-" for c in cells):
+        print(f"| {name} | " + " | ".join(cells) + " |")
 PY
 log "done in ${ELAPSED}s; load average $LOAD_START / $LOAD_END; results in $OUT"
