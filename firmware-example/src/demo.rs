@@ -29,10 +29,9 @@ use crate::uart::{Uart, UART0};
 
 /// Receive buffer and largest packet accepted.
 const RX: usize = 1024;
-/// Transmit queue.
-const TX: usize = 1024;
-/// Retransmission store for QoS 1/2 publishes.
-const STORE: usize = 1024;
+/// The client's buffer: QoS 1/2 publishes kept for retransmission, and the packets waiting
+/// to be sent.
+const BUF: usize = 1024;
 /// Packet identifiers in flight.
 const INFLIGHT: usize = 4;
 
@@ -83,7 +82,7 @@ struct Seen {
     pongs: u32,
 }
 
-type DemoClient = Client<'static, INFLIGHT, TX, STORE>;
+type DemoClient = Client<'static, INFLIGHT, BUF>;
 
 struct Demo {
     client: DemoClient,

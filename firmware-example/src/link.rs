@@ -51,9 +51,9 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
     }
 
     /// Writes everything the client has queued.
-    pub fn flush<const I: usize, const TX: usize, const ST: usize>(
+    pub fn flush<const I: usize, const B: usize>(
         &mut self,
-        client: &mut Client<'_, I, TX, ST>,
+        client: &mut Client<'_, I, B>,
         now: Instant,
     ) -> Result<(), LinkError> {
         let mut chunk = [0u8; 64];
@@ -70,11 +70,11 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
 
     /// One round: send what is queued, run the client's timers, take in what has arrived and
     /// pass each event to `on_event`, then send the acknowledgements that caused.
-    pub fn poll<const I: usize, const TX: usize, const ST: usize>(
+    pub fn poll<const I: usize, const B: usize>(
         &mut self,
-        client: &mut Client<'_, I, TX, ST>,
+        client: &mut Client<'_, I, B>,
         now: Instant,
-        mut on_event: impl FnMut(&mut Client<'_, I, TX, ST>, ClientEvent<'_>),
+        mut on_event: impl FnMut(&mut Client<'_, I, B>, ClientEvent<'_>),
     ) -> Result<(), LinkError> {
         self.flush(client, now)?;
         if client.poll_timeout().is_some_and(|t| now >= t) {

@@ -1,17 +1,20 @@
 //! The MQTT client session: 3.1.1 or 5.0, without I/O, clock, heap or `unsafe`.
 //!
 //! A [`Client`] holds everything a client must remember about its session and its current
-//! connection, in fixed-capacity buffers sized by three const generics:
+//! connection, in fixed-capacity storage sized by two const generics:
 //!
 //! - `INFLIGHT`: packet identifiers in use at once, outbound (QoS 1/2 publishes awaiting
 //!   their acknowledgement, subscribes and unsubscribes awaiting theirs) and, separately,
 //!   inbound QoS 2 messages awaiting PUBREL. The client never has more than
 //!   `min(INFLIGHT, server's Receive Maximum)` QoS 1/2 publishes outstanding
 //!   [MQTT-3.3.4-7], and it advertises a Receive Maximum of at most `INFLIGHT`.
-//! - `TX`: bytes of encoded packets waiting for [`Client::poll_transmit`]. Every command
-//!   encodes its packet at once; a full queue is [`ClientError::BufferFull`].
-//! - `STORE`: bytes of QoS 1/2 PUBLISH packets kept for retransmission after a reconnect
-//!   ([MQTT-4.4.0-1]); a full store is [`ClientError::StoreFull`].
+//! - `BUF`: bytes of the one packet buffer. It holds the QoS 1/2 PUBLISH packets kept for
+//!   retransmission until acknowledged ([MQTT-4.4.0-1]) and, in the room they leave, the
+//!   other packets waiting for [`Client::poll_transmit`]. A QoS 1/2 PUBLISH is encoded
+//!   once, into the store, and sent from there, so it takes its room once, not twice. The
+//!   store always leaves room for the next CONNECT (and so for any acknowledgement). Every
+//!   command encodes its packet at once; no room is [`ClientError::BufferFull`] (for
+//!   packets waiting to be sent) or [`ClientError::StoreFull`] (for stored publishes).
 //!
 //! The caller owns the transport and the clock:
 //!
@@ -37,7 +40,7 @@
 //! use petrel_state::Instant;
 //!
 //! let v5 = ProtocolVersion::V5;
-//! let mut client: Client<'_, 8, 1024, 2048> = Client::new(ClientOptions::new(v5, "sensor-1"));
+//! let mut client: Client<'_, 8, 3072> = Client::new(ClientOptions::new(v5, "sensor-1"));
 //! let now = Instant::ZERO;
 //! let mut out = [0u8; 256];
 //! let mut wire = [0u8; 64];
@@ -335,15 +338,15 @@ pub enum ClientError {
     /// No packet identifier slot is free, or the QoS 1/2 publishes in flight have reached
     /// `min(INFLIGHT, server's Receive Maximum)` [MQTT-3.3.4-7]. Wait for acknowledgements.
     InflightFull,
-    /// The transmit queue has no room for the packet (or retransmissions are still waiting
-    /// for room): drain [`Client::poll_transmit`] and try again. From `handle_bytes`, nothing
-    /// was consumed.
+    /// The buffer has no room for the packet beside the packets waiting to be sent: drain
+    /// [`Client::poll_transmit`] and try again. From `handle_bytes`, nothing was consumed.
     BufferFull,
-    /// The retransmission store has no room for the QoS 1/2 publish: wait for
-    /// acknowledgements.
+    /// The store has no room for the QoS 1/2 publish (it leaves room for a CONNECT): wait
+    /// for acknowledgements.
     StoreFull,
     /// The packet exceeds the server's Maximum Packet Size [MQTT-3.2.2-15], or can never fit
-    /// the client's transmit queue or retransmission store.
+    /// the client's buffer (for a QoS 1/2 publish, beside the room kept for a CONNECT; for
+    /// CONNECT, beside the stored publishes).
     PacketTooLarge,
     /// The QoS exceeds the server's Maximum QoS [MQTT-3.2.2-11] (a client may not
     /// downgrade its own publish).
@@ -474,94 +477,141 @@ const fn disconnect_reason(code: ReasonCode) -> ReasonCode {
 // ---------------------------------------------------------------------------------------------
 // Internal storage
 
-/// A byte queue with a read position, compacted lazily when an append needs the room.
+/// The client's one buffer of `N` bytes: the retransmission store at the front and, in the
+/// room after it, the queue of bytes waiting for `poll_transmit`. Either side moves the
+/// queue out of its way when it needs the room; the queue is short (acknowledgements and
+/// the packets not yet sent), so the moves are too.
 #[derive(Debug)]
-struct TxQueue<const N: usize> {
-    buf: heapless::Vec<u8, N>,
+struct Buffer<const N: usize> {
+    /// Zero-filled up to the highest offset used so far and never shrunk: a `Vec` rather
+    /// than an array so that a large client is not zero-filled when it is created.
+    bytes: heapless::Vec<u8, N>,
+    /// `bytes[..store]`: the stored PUBLISH packets, in slot order.
+    store: usize,
+    /// `bytes[head..end]`: the queue, with `store <= head <= end <= N`.
     head: usize,
+    end: usize,
 }
 
-impl<const N: usize> TxQueue<N> {
+impl<const N: usize> Buffer<N> {
     const fn new() -> Self {
-        TxQueue {
-            buf: heapless::Vec::new(),
+        Buffer {
+            bytes: heapless::Vec::new(),
+            store: 0,
             head: 0,
+            end: 0,
         }
     }
 
     fn pending(&self) -> &[u8] {
-        self.buf.get(self.head..).unwrap_or(&[])
+        self.bytes.get(self.head..self.end).unwrap_or(&[])
     }
 
-    fn len(&self) -> usize {
-        self.buf.len().saturating_sub(self.head)
+    fn tx_len(&self) -> usize {
+        self.end - self.head
     }
 
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.head = 0;
+    fn free(&self) -> usize {
+        N - self.store - self.tx_len()
+    }
+
+    fn clear_tx(&mut self) {
+        self.head = self.store;
+        self.end = self.store;
     }
 
     fn consume(&mut self, n: usize) {
-        self.head = self.head.saturating_add(n).min(self.buf.len());
-        if self.head == self.buf.len() {
-            self.clear();
+        self.head = self.head.saturating_add(n).min(self.end);
+        if self.head == self.end {
+            self.clear_tx();
         }
     }
 
-    /// Makes room for `len` more bytes at the end and returns where they start.
-    fn reserve(&mut self, len: usize) -> Result<usize, ClientError> {
-        if N.saturating_sub(self.len()) < len {
-            return Err(ClientError::BufferFull);
+    fn grow_to(&mut self, end: usize) -> Result<(), ClientError> {
+        if self.bytes.len() < end {
+            self.bytes
+                .resize_default(end)
+                .map_err(|_| ClientError::BufferFull)?;
         }
-        if N.saturating_sub(self.buf.len()) < len && self.head > 0 {
-            let head = self.head;
-            move_down(&mut self.buf, head, 0);
-            let remaining = self.buf.len() - head;
-            self.buf.truncate(remaining);
-            self.head = 0;
-        }
-        let start = self.buf.len();
-        self.buf
-            .resize_default(start + len)
-            .map_err(|_| ClientError::BufferFull)?;
-        Ok(start)
+        Ok(())
     }
 
-    /// Appends an encoded packet; returns where it starts and its length.
+    /// Moves the queue to start at `to`.
+    fn move_tx(&mut self, to: usize) -> Result<(), ClientError> {
+        let len = self.tx_len();
+        self.grow_to(to + len)?;
+        copy_bytes(&mut self.bytes, self.head..self.end, to);
+        self.head = to;
+        self.end = to + len;
+        Ok(())
+    }
+
+    /// Encodes `packet` (`len` bytes) at `start`.
+    fn write(
+        &mut self,
+        start: usize,
+        len: usize,
+        version: ProtocolVersion,
+        packet: &Packet<'_>,
+    ) -> Result<(), ClientError> {
+        match self.bytes.get_mut(start..start + len) {
+            Some(dst) => packet
+                .encode(version, dst)
+                .map(|_| ())
+                .map_err(ClientError::Encode),
+            None => Err(ClientError::BufferFull),
+        }
+    }
+
+    /// Appends an encoded packet to the queue.
     fn push_packet(
         &mut self,
         version: ProtocolVersion,
         packet: &Packet<'_>,
-    ) -> Result<(usize, usize), ClientError> {
+    ) -> Result<(), ClientError> {
         let len = packet.encoded_len(version).map_err(ClientError::Encode)?;
-        let start = self.reserve(len)?;
-        let written = match self.buf.get_mut(start..) {
-            Some(tail) => packet.encode(version, tail).map_err(ClientError::Encode),
-            None => Err(ClientError::BufferFull),
-        };
-        match written {
-            Ok(_) => Ok((start, len)),
-            Err(e) => {
-                self.buf.truncate(start);
-                Err(e)
-            }
+        if self.free() < len {
+            return Err(ClientError::BufferFull);
         }
+        if N - self.end < len {
+            self.move_tx(self.store)?;
+        }
+        let start = self.end;
+        self.grow_to(start + len)?;
+        self.write(start, len, version, packet)?;
+        self.end = start + len;
+        Ok(())
     }
 
-    /// Appends raw bytes; returns where they start.
-    fn push_bytes(&mut self, bytes: &[u8]) -> Result<usize, ClientError> {
-        let start = self.reserve(bytes.len())?;
-        match self.buf.get_mut(start..) {
-            Some(tail) if tail.len() == bytes.len() => {
-                tail.copy_from_slice(bytes);
-                Ok(start)
-            }
-            _ => {
-                self.buf.truncate(start);
-                Err(ClientError::BufferFull)
-            }
+    /// Appends an encoded packet of `len` bytes to the store, moving the queue up to the
+    /// end of the buffer if it is in the way.
+    fn push_stored(
+        &mut self,
+        version: ProtocolVersion,
+        packet: &Packet<'_>,
+        len: usize,
+    ) -> Result<(), ClientError> {
+        if self.free() < len {
+            return Err(ClientError::BufferFull);
         }
+        let start = self.store;
+        if self.head < start + len {
+            self.move_tx(N - self.tx_len())?;
+        }
+        self.grow_to(start + len)?;
+        self.write(start, len, version, packet)?;
+        self.store = start + len;
+        Ok(())
+    }
+
+    /// Drops `len` stored bytes at `offset`, moving the ones after them down.
+    fn release(&mut self, offset: usize, len: usize) {
+        let end = offset + len;
+        if len == 0 || end > self.store {
+            return;
+        }
+        copy_bytes(&mut self.bytes, end..self.store, offset);
+        self.store -= len;
     }
 }
 
@@ -571,19 +621,21 @@ fn has_null(s: &str) -> bool {
     s.bytes().any(|b| b == 0)
 }
 
-/// Moves `buf[from..]` down to start at `to` (`to <= from`), a byte at a time. Not
-/// `copy_within`: that links `memmove`, which takes 1.5 KB of a Cortex-M4 image, for moves
-/// of at most a packet buffer that happen once per acknowledged packet.
-fn move_down(buf: &mut [u8], from: usize, to: usize) {
-    let Some(distance) = from.checked_sub(to) else {
-        return;
-    };
-    for src in from..buf.len() {
+/// Copies `buf[from]` to start at `to`, a byte at a time, in the direction that survives the
+/// overlap. Not `copy_within`: that links `memmove`, which takes 1.5 KB of a Cortex-M4
+/// image, for moves of at most a buffer that happen once per acknowledged packet.
+fn copy_bytes(buf: &mut [u8], from: core::ops::Range<usize>, to: usize) {
+    let mut copy = |src: usize| {
         if let Some(&byte) = buf.get(src) {
-            if let Some(dst) = buf.get_mut(src - distance) {
+            if let Some(dst) = buf.get_mut(src - from.start + to) {
                 *dst = byte;
             }
         }
+    };
+    if to <= from.start {
+        from.clone().for_each(&mut copy);
+    } else {
+        from.clone().rev().for_each(&mut copy);
     }
 }
 
@@ -618,8 +670,12 @@ struct Slot {
     id: PacketId,
     kind: SlotKind,
     len: usize,
-    /// Not yet sent on the current connection: retransmit once connected.
+    /// Not yet (fully) sent on the current connection: a stored PUBLISH is sent from the
+    /// store by `poll_transmit`, a PUBREL queued by `flush_resends`.
     resend: bool,
+    /// Bytes of the queue to send before this slot's PUBLISH, so that packets go out in the
+    /// order they were queued.
+    ahead: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,15 +685,22 @@ struct Slot {
 ///
 /// - `INFLIGHT`: packet identifiers in use at once (outbound publishes, subscribes and
 ///   unsubscribes), and inbound QoS 2 messages awaiting PUBREL;
-/// - `TX`: bytes queued for transmission;
-/// - `STORE`: bytes of QoS 1/2 PUBLISH packets kept for retransmission.
+/// - `BUF`: bytes of the buffer shared by the QoS 1/2 PUBLISH packets kept for
+///   retransmission and the packets waiting for transmission.
 #[derive(Debug)]
-pub struct Client<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize> {
+pub struct Client<'a, const INFLIGHT: usize, const BUF: usize> {
     options: ClientOptions<'a>,
     state: ConnectionState,
-    tx: TxQueue<TX>,
-    store: heapless::Vec<u8, STORE>,
+    buf: Buffer<BUF>,
     slots: heapless::Vec<Slot, INFLIGHT>,
+    /// The stored PUBLISH being sent, and how many of its bytes are out: it is finished
+    /// before anything else is sent.
+    sending: Option<(PacketId, usize)>,
+    /// DISCONNECT was queued by `disconnect`: the stored publishes queued before it still go
+    /// out first.
+    draining: bool,
+    /// Bytes of the next CONNECT, which the store leaves room for.
+    connect_len: usize,
     /// Inbound QoS 2 packet identifiers between PUBREC and PUBREL (method B).
     incoming_qos2: heapless::Vec<PacketId, INFLIGHT>,
     next_id: u16,
@@ -654,18 +717,18 @@ pub struct Client<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize
     pingresp_deadline: Option<Instant>,
 }
 
-impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
-    Client<'a, INFLIGHT, TX, STORE>
-{
+impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
     /// A client without a connection and with an empty session.
     pub const fn new(options: ClientOptions<'a>) -> Self {
         Client {
             keep_alive: options.keep_alive,
             options,
             state: ConnectionState::Disconnected,
-            tx: TxQueue::new(),
-            store: heapless::Vec::new(),
+            buf: Buffer::new(),
             slots: heapless::Vec::new(),
+            sending: None,
+            draining: false,
+            connect_len: 0,
             incoming_qos2: heapless::Vec::new(),
             next_id: 1,
             server: ServerLimits::DEFAULT,
@@ -730,14 +793,33 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         self.incoming_qos2.len()
     }
 
-    /// Bytes of the retransmission store in use.
+    /// Bytes of the buffer holding QoS 1/2 PUBLISH packets for retransmission.
     pub fn stored_bytes(&self) -> usize {
-        self.store.len()
+        self.buf.store
     }
 
-    /// Bytes waiting for [`Client::poll_transmit`].
+    /// Bytes [`Client::poll_transmit`] would return now: queued packets, the rest of a stored
+    /// publish being sent, and the stored publishes not yet sent on this connection that the
+    /// server's Receive Maximum lets go.
     pub fn pending_transmit(&self) -> usize {
-        self.tx.len()
+        let active = self
+            .slots
+            .iter()
+            .filter(|s| s.kind.is_publish() && !s.resend)
+            .count();
+        let mut room = self.inflight_limit().saturating_sub(active);
+        let open = self.may_send_stored();
+        let mut total = self.buf.tx_len();
+        for slot in self.slots.iter().filter(|s| s.resend && s.len > 0) {
+            if let Some((_, sent)) = self.sending.filter(|&(id, _)| id == slot.id) {
+                total += slot.len.saturating_sub(sent);
+                room = room.saturating_sub(1);
+            } else if open && room > 0 {
+                total += slot.len;
+                room -= 1;
+            }
+        }
+        total
     }
 
     /// What the server's last CONNACK said about its limits.
@@ -822,18 +904,25 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         let len = connect
             .encoded_len(o.version)
             .map_err(ClientError::Encode)?;
-        if len > TX {
+        let store = if o.clean_start { 0 } else { self.buf.store };
+        if len > BUF - store {
             return Err(ClientError::PacketTooLarge);
         }
-        // Nothing can fail from here on.
-        self.tx.clear();
-        self.tx
+        // Nothing can fail from here on. The packet borrows the assigned identifier, so the
+        // buffer is emptied field by field first and the rest of the state after.
+        if o.clean_start {
+            self.buf.store = 0;
+        }
+        self.buf.clear_tx();
+        self.buf
             .push_packet(o.version, &connect)
             .map_err(|_| ClientError::PacketTooLarge)?;
-        self.reset_connection();
+        self.forget_queue();
         if o.clean_start {
             self.discard_session();
         }
+        self.connect_len = len;
+        self.reset_connection();
         self.sent_clean_start = o.clean_start;
         self.keep_alive = o.keep_alive;
         self.state = ConnectionState::Connecting;
@@ -847,7 +936,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     /// unsubscribes awaiting acknowledgement are reported lost by [`Client::poll_event`].
     pub fn connection_lost(&mut self, now: Instant) {
         let _ = now;
-        self.tx.clear();
+        self.clear_tx();
         self.reset_connection();
         self.state = ConnectionState::Disconnected;
     }
@@ -899,13 +988,10 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {
-            // Retransmissions keep their original order ahead of new publishes [MQTT-4.6.0-1].
+            // Its slot goes after those of any retransmissions, which `poll_transmit` sends
+            // first: they keep their original order [MQTT-4.6.0-1].
             if self.slots.is_full() || self.inflight() >= self.inflight_limit() {
                 return Err(ClientError::InflightFull);
-            }
-            self.flush_resends();
-            if self.slots.iter().any(|s| s.resend) {
-                return Err(ClientError::BufferFull);
             }
             Some(self.free_packet_id().ok_or(ClientError::InflightFull)?)
         };
@@ -921,28 +1007,36 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         let version = self.options.version;
         let len = packet.encoded_len(version).map_err(ClientError::Encode)?;
         self.check_size(len)?;
-        if packet_id.is_some() {
-            if len > STORE {
-                return Err(ClientError::PacketTooLarge);
-            }
-            if STORE - self.store.len() < len {
-                return Err(ClientError::StoreFull);
-            }
+        let Some(id) = packet_id else {
+            self.buf.push_packet(version, &packet)?;
+            return Ok(None);
+        };
+        // The store leaves room for the next CONNECT, so that a session full of
+        // unacknowledged publishes can still reconnect (and acknowledge what it receives).
+        let limit = BUF.saturating_sub(self.connect_len);
+        if len > limit {
+            return Err(ClientError::PacketTooLarge);
         }
-        let (start, len) = self.tx.push_packet(version, &packet)?;
-        if let Some(id) = packet_id {
-            let bytes = self.tx.buf.get(start..start + len).unwrap_or(&[]);
-            if self.store.extend_from_slice(bytes).is_err() {
-                // Checked above; undo rather than panic.
-                self.tx.buf.truncate(start);
-                return Err(ClientError::StoreFull);
-            }
-            let kind = if qos == QoS::AtLeastOnce {
-                SlotKind::PubAck
-            } else {
-                SlotKind::PubRec
-            };
-            self.push_slot(id, kind, len)?;
+        if self.buf.store + len > limit {
+            return Err(ClientError::StoreFull);
+        }
+        self.buf.push_stored(version, &packet, len)?;
+        let kind = if qos == QoS::AtLeastOnce {
+            SlotKind::PubAck
+        } else {
+            SlotKind::PubRec
+        };
+        let slot = Slot {
+            id,
+            kind,
+            len,
+            resend: true,
+            ahead: self.buf.tx_len(),
+        };
+        if self.slots.push(slot).is_err() {
+            // Checked above; undo rather than panic.
+            self.buf.store -= len;
+            return Err(ClientError::InflightFull);
         }
         Ok(packet_id)
     }
@@ -1017,10 +1111,12 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         ) {
             return Err(ClientError::NotConnected);
         }
-        self.tx.push_packet(
+        self.buf.push_packet(
             self.options.version,
             &Packet::Disconnect(Disconnect::default()),
         )?;
+        // Before CONNACK nothing stored may go, so nothing waits for the DISCONNECT.
+        self.draining = self.state == ConnectionState::Connected;
         self.state = ConnectionState::Closing;
         self.connack_deadline = None;
         self.pingresp_deadline = None;
@@ -1108,7 +1204,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     }
                 } else if let Some(due) = self.keep_alive_due() {
                     if now >= due {
-                        self.tx
+                        self.buf
                             .push_packet(self.options.version, &Packet::PingReq)?;
                         self.pingresp_deadline = Some(now + self.options.response_timeout);
                     }
@@ -1124,21 +1220,31 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
 
     /// Copies bytes to transmit into `buf` and returns how many. The output is a byte stream:
     /// a short `buf` takes part of a packet and the next call continues it. Retransmissions
-    /// waiting for room are queued as room frees up.
+    /// waiting for room are queued as room frees up. Packets go out in the order they were
+    /// queued; a QoS 1/2 PUBLISH is copied straight from the store.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> usize {
         let mut written = 0;
-        loop {
-            let pending = self.tx.pending();
-            let n = pending.len().min(buf.len() - written);
-            if let (Some(dst), Some(src)) = (buf.get_mut(written..written + n), pending.get(..n)) {
-                dst.copy_from_slice(src);
+        while let Some(out) = buf.get_mut(written..).filter(|out| !out.is_empty()) {
+            if let Some((id, sent)) = self.sending {
+                written += self.send_stored(id, sent, out);
+                continue;
             }
-            self.tx.consume(n);
-            written += n;
-            if written == buf.len()
-                || self.state != ConnectionState::Connected
-                || !self.flush_resends()
-            {
+            let next = self.next_stored();
+            let queued = self.buf.tx_len();
+            let allowed = next.map_or(queued, |(_, ahead)| ahead.min(queued));
+            if allowed > 0 {
+                let n = allowed.min(out.len());
+                if let (Some(dst), Some(src)) = (out.get_mut(..n), self.buf.pending().get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                self.buf.consume(n);
+                for slot in self.slots.iter_mut() {
+                    slot.ahead = slot.ahead.saturating_sub(n);
+                }
+                written += n;
+            } else if let Some((id, _)) = next {
+                self.sending = Some((id, 0));
+            } else if self.state != ConnectionState::Connected || !self.flush_resends() {
                 break;
             }
         }
@@ -1172,6 +1278,82 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     // -----------------------------------------------------------------------------------------
     // Internals: commands
 
+    /// The first stored PUBLISH not yet sent on this connection, with the queued bytes to
+    /// send before it, if it may go now: on an open connection (or one closing by
+    /// `disconnect`), within the server's Receive Maximum [MQTT-3.3.4-7].
+    fn next_stored(&self) -> Option<(PacketId, usize)> {
+        let open = self.may_send_stored();
+        let active = self
+            .slots
+            .iter()
+            .filter(|s| s.kind.is_publish() && !s.resend)
+            .count();
+        if !open || active >= self.inflight_limit() {
+            return None;
+        }
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.resend && matches!(s.kind, SlotKind::PubAck | SlotKind::PubRec))?;
+        Some((slot.id, slot.ahead))
+    }
+
+    /// Whether stored publishes may be sent: on an open connection, or one closing by
+    /// `disconnect` (those queued before the DISCONNECT go first).
+    fn may_send_stored(&self) -> bool {
+        match self.state {
+            ConnectionState::Connected => true,
+            ConnectionState::Closing => self.draining,
+            ConnectionState::Connecting | ConnectionState::Disconnected => false,
+        }
+    }
+
+    /// Copies the stored PUBLISH `id` from its byte `sent` on into `out`; returns how many
+    /// bytes. Once its first byte is out, any later copy is a retransmission: its DUP flag
+    /// is set in the store [MQTT-3.3.1-1].
+    fn send_stored(&mut self, id: PacketId, sent: usize, out: &mut [u8]) -> usize {
+        let Some((index, _)) = self.slot_index(id) else {
+            // Acknowledgements never remove a slot being sent; stop rather than spin.
+            self.sending = None;
+            return 0;
+        };
+        let start = self.store_offset(index);
+        let len = self.slots.get(index).map_or(0, |s| s.len);
+        let n = len.saturating_sub(sent).min(out.len());
+        let from = start + sent;
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), self.buf.bytes.get(from..from + n)) {
+            dst.copy_from_slice(src);
+        }
+        if let Some(first) = self.buf.bytes.get_mut(start) {
+            *first |= DUP_FLAG;
+        }
+        if sent + n >= len {
+            self.sending = None;
+            if let Some(slot) = self.slots.get_mut(index) {
+                slot.resend = false;
+            }
+        } else {
+            self.sending = Some((id, sent + n));
+        }
+        n
+    }
+
+    /// Forgets the queued bytes (not the stored publishes, which are sent again from their
+    /// start).
+    fn clear_tx(&mut self) {
+        self.buf.clear_tx();
+        self.forget_queue();
+    }
+
+    /// Forgets what was being sent, once the queue is gone.
+    fn forget_queue(&mut self) {
+        self.sending = None;
+        self.draining = false;
+        for slot in self.slots.iter_mut() {
+            slot.ahead = 0;
+        }
+    }
+
     fn keep_alive_due(&self) -> Option<Instant> {
         if self.keep_alive == 0 {
             return None;
@@ -1193,7 +1375,10 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         self.pingresp_deadline = None;
         self.server = ServerLimits::DEFAULT;
         self.keep_alive = self.options.keep_alive;
+        // What is queued (the CONNECT) goes before any retransmission.
+        let queued = self.buf.tx_len();
         for slot in self.slots.iter_mut() {
+            slot.ahead = queued;
             match slot.kind {
                 SlotKind::SubAck(_) | SlotKind::UnsubAck(_) => slot.kind = SlotKind::Lost,
                 SlotKind::PubAck | SlotKind::PubRec | SlotKind::PubComp => slot.resend = true,
@@ -1210,7 +1395,8 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             slot.len = 0;
             slot.resend = false;
         }
-        self.store.clear();
+        self.sending = None;
+        self.buf.store = 0;
         self.incoming_qos2.clear();
     }
 
@@ -1235,12 +1421,13 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                 kind,
                 len,
                 resend: false,
+                ahead: 0,
             })
             .map_err(|_| ClientError::InflightFull)
     }
 
     fn check_size(&self, len: usize) -> Result<(), ClientError> {
-        if len > self.server.maximum_packet_size as usize || len > TX {
+        if len > self.server.maximum_packet_size as usize || len > BUF {
             return Err(ClientError::PacketTooLarge);
         }
         Ok(())
@@ -1269,7 +1456,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             .encoded_len(self.options.version)
             .map_err(ClientError::Encode)?;
         self.check_size(len)?;
-        self.tx.push_packet(self.options.version, packet)?;
+        self.buf.push_packet(self.options.version, packet)?;
         self.push_slot(id, kind, 0)?;
         Ok(id)
     }
@@ -1287,13 +1474,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         };
         let len = slot.len;
         slot.len = 0;
-        let end = offset + len;
-        if len == 0 || end > self.store.len() {
-            return;
-        }
-        move_down(&mut self.store, end, offset);
-        let new_len = self.store.len() - len;
-        self.store.truncate(new_len);
+        self.buf.release(offset, len);
     }
 
     /// Removes the slot at `index` with its stored bytes.
@@ -1301,7 +1482,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         if index < self.slots.len() {
             self.release_store(index);
             // By hand rather than `heapless::Vec::remove`, which formats its panic message
-            // and moves with `memmove` (see `move_down`).
+            // and moves with `memmove` (see `copy_bytes`).
             for i in index + 1..self.slots.len() {
                 if let Some(&next) = self.slots.get(i) {
                     if let Some(prev) = self.slots.get_mut(i - 1) {
@@ -1313,11 +1494,11 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
         }
     }
 
-    /// Queues retransmissions in their original order [MQTT-4.6.0-1], while the server's
-    /// Receive Maximum [MQTT-3.3.4-7] and the transmit queue allow: each PUBLISH with DUP 1
-    /// [MQTT-3.3.1-1], a PUBREL for those past PUBREC [MQTT-4.4.0-1]. A stored PUBLISH larger
-    /// than this server's Maximum Packet Size can no longer be sent [MQTT-3.2.2-15]: it is
-    /// discarded and reported lost. Returns whether anything changed.
+    /// Queues the PUBREL of each QoS 2 flow past PUBREC [MQTT-4.4.0-1], in order, while the
+    /// server's Receive Maximum [MQTT-3.3.4-7] and the buffer allow (the stored PUBLISH
+    /// packets to resend are sent by `poll_transmit` from the store). A stored PUBLISH
+    /// larger than this server's Maximum Packet Size can no longer be sent [MQTT-3.2.2-15]:
+    /// it is discarded and reported lost. Returns whether anything changed.
     fn flush_resends(&mut self) -> bool {
         let limit = self.inflight_limit();
         let max_size = self.server.maximum_packet_size as usize;
@@ -1327,20 +1508,15 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             .filter(|s| s.kind.is_publish() && !s.resend)
             .count();
         let version = self.options.version;
-        let mut offset = 0;
         let mut index = 0;
         let mut progress = false;
         while let Some(slot) = self.slots.get(index).copied() {
-            let start = offset;
-            let end = start + slot.len;
             index += 1;
-            if !slot.resend {
-                offset = end;
+            if !slot.resend || self.sending.is_some_and(|(id, _)| id == slot.id) {
                 continue;
             }
             let stored_publish = matches!(slot.kind, SlotKind::PubAck | SlotKind::PubRec);
             if stored_publish && slot.len > max_size {
-                // The bytes after it move down to `start`, where `offset` stays.
                 self.release_store(index - 1);
                 if let Some(s) = self.slots.get_mut(index - 1) {
                     s.kind = SlotKind::Lost;
@@ -1349,29 +1525,24 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                 progress = true;
                 continue;
             }
+            if slot.kind != SlotKind::PubComp {
+                continue;
+            }
             if active >= limit {
                 break;
             }
-            let queued = if slot.kind == SlotKind::PubComp {
-                self.tx
-                    .push_packet(version, &Packet::PubRel(PubResponse::new(slot.id)))
-                    .map(|_| ())
-            } else if stored_publish {
-                if let Some(first) = self.store.get_mut(start) {
-                    *first |= DUP_FLAG;
-                }
-                let bytes = self.store.get(start..end).unwrap_or(&[]);
-                self.tx.push_bytes(bytes).map(|_| ())
-            } else {
-                Ok(())
-            };
-            if queued.is_err() {
+            let pubrel = Packet::PubRel(PubResponse::new(slot.id));
+            if self.buf.push_packet(version, &pubrel).is_err() {
                 break;
             }
             if let Some(s) = self.slots.get_mut(index - 1) {
                 s.resend = false;
             }
-            offset = end;
+            // The publishes to resend after it wait for it: the original order.
+            let queued = self.buf.tx_len();
+            for later in self.slots.iter_mut().skip(index) {
+                later.ahead = later.ahead.max(queued);
+            }
             active += 1;
             progress = true;
         }
@@ -1391,10 +1562,11 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     reason_code: reason,
                     properties: Properties::default(),
                 });
-                if self.tx.push_packet(ProtocolVersion::V5, &packet).is_err() {
-                    // The connection is over anyway: make sure the reason gets out.
-                    self.tx.clear();
-                    let _ = self.tx.push_packet(ProtocolVersion::V5, &packet);
+                if self.buf.push_packet(ProtocolVersion::V5, &packet).is_err() {
+                    // The connection is over anyway: make sure the reason gets out (after
+                    // the rest of a stored publish being sent, which cannot be cut).
+                    self.buf.clear_tx();
+                    let _ = self.buf.push_packet(ProtocolVersion::V5, &packet);
                 }
             }
         }
@@ -1509,6 +1681,10 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             if self.assigned_client_id.push_str(assigned).is_err() {
                 self.assigned_client_id.clear();
             }
+            if self.options.client_id.is_empty() {
+                // The next CONNECT carries it: keep room for it.
+                self.connect_len += self.assigned_client_id.len();
+            }
         }
     }
 
@@ -1527,7 +1703,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             (QoS::AtMostOnce, _) => Ok(Some(ClientEvent::Message(publish))),
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-4] (5.0) / [MQTT-4.3.2-2] (3.1.1): acknowledge with PUBACK.
-                self.tx
+                self.buf
                     .push_packet(version, &Packet::PubAck(PubResponse::new(id)))?;
                 Ok(Some(ClientEvent::Message(publish)))
             }
@@ -1536,7 +1712,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                 if self.incoming_qos2.contains(&id) {
                     // Until PUBREL, a PUBLISH with the same identifier is acknowledged again
                     // and not delivered again [MQTT-4.3.3-10] (5.0) / [MQTT-4.3.3-2] (3.1.1).
-                    self.tx.push_packet(version, &pubrec)?;
+                    self.buf.push_packet(version, &pubrec)?;
                     return Ok(None);
                 }
                 // The server may not exceed our Receive Maximum [MQTT-3.3.4-9]. A 3.1.1
@@ -1550,7 +1726,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
                 // [MQTT-4.3.3-8]: PUBREC, having accepted ownership.
-                self.tx.push_packet(version, &pubrec)?;
+                self.buf.push_packet(version, &pubrec)?;
                 if self.incoming_qos2.push(id).is_err() {
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
@@ -1568,10 +1744,18 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             .and_then(|i| self.slots.get(i).map(|s| (i, s.kind)))
     }
 
+    /// Like `slot_index`, for an acknowledgement: a publish not yet (fully) sent on this
+    /// connection awaits none, and its slot must stay while `poll_transmit` sends it.
+    fn acked_slot(&self, id: PacketId) -> Option<(usize, SlotKind)> {
+        let (index, kind) = self.slot_index(id)?;
+        let unsent = self.slots.get(index).is_some_and(|s| s.resend);
+        (!unsent).then_some((index, kind))
+    }
+
     fn on_puback<'b>(&mut self, ack: PubResponse<'b>) -> Option<ClientEvent<'b>> {
         let id = ack.packet_id;
         // An acknowledgement for an identifier not awaiting it is ignored [MQTT-2.2.1-5].
-        let (index, SlotKind::PubAck) = self.slot_index(id)? else {
+        let (index, SlotKind::PubAck) = self.acked_slot(id)? else {
             return None;
         };
         self.remove_slot(index);
@@ -1592,6 +1776,14 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         let id = rec.packet_id;
         let version = self.options.version;
+        if self
+            .slots
+            .iter()
+            .any(|s| s.id == id && s.resend && s.len > 0)
+        {
+            // Its PUBLISH is not (fully) sent yet: there is nothing to acknowledge.
+            return Ok(None);
+        }
         match self.slot_index(id) {
             Some((index, SlotKind::PubRec)) => {
                 if rec.reason_code.is_error() {
@@ -1604,7 +1796,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     }));
                 }
                 // [MQTT-4.3.3-4]: PUBREL; the PUBLISH is never sent again [MQTT-4.3.3-6].
-                self.tx
+                self.buf
                     .push_packet(version, &Packet::PubRel(PubResponse::new(id)))?;
                 self.release_store(index);
                 if let Some(slot) = self.slots.get_mut(index) {
@@ -1614,7 +1806,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             }
             Some((_, SlotKind::PubComp)) => {
                 // A repeated PUBREC: repeat the PUBREL.
-                self.tx
+                self.buf
                     .push_packet(version, &Packet::PubRel(PubResponse::new(id)))?;
                 Ok(None)
             }
@@ -1626,7 +1818,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
                     reason_code: ReasonCode::PacketIdentifierNotFound,
                     ..PubResponse::new(id)
                 };
-                self.tx.push_packet(version, &Packet::PubRel(pubrel))?;
+                self.buf.push_packet(version, &Packet::PubRel(pubrel))?;
                 Ok(None)
             }
         }
@@ -1649,7 +1841,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
             reason_code,
             ..PubResponse::new(id)
         };
-        self.tx
+        self.buf
             .push_packet(self.options.version, &Packet::PubComp(pubcomp))?;
         if let Some(index) = known {
             // [MQTT-4.3.3-12]: the identifier is new again.
@@ -1660,7 +1852,7 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
 
     fn on_pubcomp<'b>(&mut self, comp: PubResponse<'b>) -> Option<ClientEvent<'b>> {
         let id = comp.packet_id;
-        let (index, SlotKind::PubComp) = self.slot_index(id)? else {
+        let (index, SlotKind::PubComp) = self.acked_slot(id)? else {
             return None;
         };
         self.remove_slot(index);
@@ -1706,20 +1898,46 @@ impl<'a, const INFLIGHT: usize, const TX: usize, const STORE: usize>
 mod tests {
     use super::*;
 
-    type TestClient = Client<'static, 4, 256, 256>;
+    type TestClient = Client<'static, 4, 512>;
 
     #[test]
-    fn tx_queue_compacts_and_refuses_overflow() {
-        let mut q = TxQueue::<8>::new();
-        assert_eq!(q.push_bytes(&[1, 2, 3, 4, 5, 6]), Ok(0));
-        q.consume(4);
-        assert_eq!(q.pending(), &[5, 6]);
-        // Six more fit only after compaction.
-        assert_eq!(q.push_bytes(&[7, 8, 9, 10, 11, 12]), Ok(2));
-        assert_eq!(q.pending(), &[5, 6, 7, 8, 9, 10, 11, 12]);
-        assert_eq!(q.push_bytes(&[13]), Err(ClientError::BufferFull));
-        q.consume(100);
-        assert_eq!(q.len(), 0);
+    fn buffer_moves_the_queue_out_of_the_way_and_refuses_overflow() {
+        let v3 = ProtocolVersion::V311;
+        let mut b = Buffer::<16>::new();
+        // PINGREQ is 2 bytes, a PUBLISH to "t" with payload "xy" 7.
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t",
+            packet_id: PacketId::new(1),
+            properties: Properties::default(),
+            payload: b"x",
+        });
+        b.push_packet(v3, &Packet::PingReq).unwrap();
+        b.push_packet(v3, &Packet::PingReq).unwrap();
+        b.consume(2);
+        assert_eq!(b.pending(), &[0xc0, 0]);
+        // The store grows under the queue, which moves to the end of the buffer.
+        b.push_stored(v3, &publish, 8).unwrap();
+        assert_eq!((b.store, b.head, b.end), (8, 14, 16));
+        assert_eq!(b.pending(), &[0xc0, 0]);
+        // An append finds no room after the queue: the queue moves down to the store.
+        b.push_packet(v3, &Packet::PingReq).unwrap();
+        assert_eq!((b.head, b.end), (8, 12));
+        assert_eq!(b.pending(), &[0xc0, 0, 0xc0, 0]);
+        assert_eq!(b.push_stored(v3, &publish, 8), Err(ClientError::BufferFull));
+        b.consume(100);
+        assert_eq!(b.tx_len(), 0);
+        b.push_stored(v3, &publish, 8).unwrap();
+        assert_eq!(b.free(), 0);
+        assert_eq!(
+            b.push_packet(v3, &Packet::PingReq),
+            Err(ClientError::BufferFull)
+        );
+        b.release(0, 8);
+        assert_eq!(b.store, 8);
+        assert_eq!(b.bytes.get(..2), Some(&[0x32, 6][..]));
     }
 
     #[test]
@@ -1738,7 +1956,10 @@ mod tests {
     fn store_is_compacted_on_removal() {
         let mut c = TestClient::new(ClientOptions::new(ProtocolVersion::V5, "c"));
         for (i, bytes) in [&[1u8, 1][..], &[2, 2, 2], &[3]].iter().enumerate() {
-            c.store.extend_from_slice(bytes).unwrap();
+            let start = c.buf.store;
+            c.buf.grow_to(start + bytes.len()).unwrap();
+            c.buf.bytes[start..start + bytes.len()].copy_from_slice(bytes);
+            c.buf.store += bytes.len();
             c.push_slot(
                 PacketId::new(i as u16 + 1).unwrap(),
                 SlotKind::PubAck,
@@ -1747,10 +1968,10 @@ mod tests {
             .unwrap();
         }
         c.remove_slot(1);
-        assert_eq!(c.store.as_slice(), &[1, 1, 3]);
+        assert_eq!(&c.buf.bytes[..c.buf.store], &[1, 1, 3]);
         assert_eq!(c.store_offset(1), 2);
         c.release_store(0);
-        assert_eq!(c.store.as_slice(), &[3]);
+        assert_eq!(&c.buf.bytes[..c.buf.store], &[3]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use petrel_state::{Duration, Instant};
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V3: ProtocolVersion = ProtocolVersion::V311;
 
-type TestClient = Client<'static, 8, 2048, 4096>;
+type TestClient = Client<'static, 8, 6144>;
 
 // ---------------------------------------------------------------------------------------------
 // The server's side of the wire
@@ -29,10 +29,7 @@ fn id(n: u16) -> PacketId {
 }
 
 /// Everything the client has to transmit.
-fn drain<const I: usize, const T: usize, const S: usize>(
-    client: &mut Client<'_, I, T, S>,
-    now: Instant,
-) -> Vec<u8> {
+fn drain<const I: usize, const B: usize>(client: &mut Client<'_, I, B>, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 300];
     loop {
@@ -70,8 +67,8 @@ fn encode(version: ProtocolVersion, packet: Packet<'_>) -> Vec<u8> {
 }
 
 /// Feeds one whole packet and returns its event.
-fn feed<'b, const I: usize, const T: usize, const S: usize>(
-    client: &mut Client<'_, I, T, S>,
+fn feed<'b, const I: usize, const B: usize>(
+    client: &mut Client<'_, I, B>,
     now: Instant,
     bytes: &'b [u8],
 ) -> Option<ClientEvent<'b>> {
@@ -149,9 +146,9 @@ fn ack_with_reason(
 }
 
 /// A client through CONNECT / CONNACK, with nothing left to transmit.
-fn connected_with<const I: usize, const T: usize, const S: usize>(
+fn connected_with<const I: usize, const B: usize>(
     options: ClientOptions<'static>,
-) -> Client<'static, I, T, S> {
+) -> Client<'static, I, B> {
     let mut client = Client::new(options);
     client.connect(at(0)).unwrap();
     drain(&mut client, at(0));
@@ -812,7 +809,7 @@ fn mqtt_3_3_4_7_inflight_never_exceeds_the_servers_receive_maximum() {
 #[test]
 fn inflight_is_limited_by_the_client_capacity_and_ids_are_distinct() {
     // [MQTT-2.2.1-3]: every identifier in use is distinct and non-zero.
-    let mut client: Client<'static, 4, 1024, 1024> = connected_with(ClientOptions::new(V3, "c"));
+    let mut client: Client<'static, 4, 2048> = connected_with(ClientOptions::new(V3, "c"));
     let filter = [SubscribeFilter {
         filter: "x",
         options: SubscriptionOptions::default(),
@@ -842,33 +839,119 @@ fn inflight_is_limited_by_the_client_capacity_and_ids_are_distinct() {
 }
 
 #[test]
-fn a_full_store_or_transmit_queue_is_an_error_that_changes_nothing() {
-    let mut client: Client<'static, 8, 64, 40> = connected_with(ClientOptions::new(V3, "c"));
+fn a_full_store_or_buffer_is_an_error_that_changes_nothing() {
+    // One 64-byte buffer; the store leaves room for the 15-byte CONNECT, so it takes 49.
+    let mut client: Client<'static, 8, 64> = connected_with(ClientOptions::new(V3, "c"));
     // 2 + 3 + 2 + 30 = 37 bytes: fits the store once.
     assert!(client
         .publish(at(0), "t", &[1; 30], QoS::AtLeastOnce, false)
         .unwrap()
         .is_some());
+    assert_eq!(client.stored_bytes(), 37);
     assert_eq!(
         client.publish(at(0), "t", &[2; 30], QoS::AtLeastOnce, false),
         Err(ClientError::StoreFull)
     );
-    // The transmit queue has 37 of 64 bytes in use.
+    // 2 + 3 + 20 = 25 of the 27 bytes left; then no room for another.
     assert_eq!(
-        client.publish(at(0), "t", &[3; 30], QoS::AtMostOnce, false),
+        client.publish(at(0), "t", &[3; 20], QoS::AtMostOnce, false),
+        Ok(None)
+    );
+    assert_eq!(
+        client.publish(at(0), "t", &[3; 20], QoS::AtMostOnce, false),
         Err(ClientError::BufferFull)
     );
     assert_eq!(
         client.publish(at(0), "t", &[3; 100], QoS::AtMostOnce, false),
         Err(ClientError::PacketTooLarge)
     );
-    assert_eq!(client.inflight(), 1);
-    let bytes = drain(&mut client, at(0));
-    assert_eq!(packets(V3, &bytes).len(), 1);
     assert_eq!(
-        client.publish(at(0), "t", &[3; 30], QoS::AtMostOnce, false),
+        client.publish(at(0), "t", &[3; 48], QoS::AtLeastOnce, false),
+        Err(ClientError::PacketTooLarge)
+    );
+    assert_eq!(client.inflight(), 1);
+    assert_eq!(client.pending_transmit(), 37 + 25);
+    // Both go out, in the order they were queued; the QoS 1 one stays stored.
+    let bytes = drain(&mut client, at(0));
+    let sent = packets(V3, &bytes);
+    assert!(matches!(&sent[..], [Packet::Publish(a), Packet::Publish(b)]
+        if a.payload == [1; 30] && !a.dup && b.payload == [3; 20]));
+    assert_eq!(client.pending_transmit(), 0);
+    assert_eq!(client.stored_bytes(), 37);
+    assert_eq!(
+        client.publish(at(0), "t", &[3; 20], QoS::AtMostOnce, false),
         Ok(None)
     );
+    drain(&mut client, at(0));
+    // 37 + 12 = 49 stored: the store is full, to the byte.
+    client
+        .publish(at(0), "t", &[4; 5], QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(
+        client.publish(at(0), "t", &[5; 1], QoS::AtLeastOnce, false),
+        Err(ClientError::StoreFull)
+    );
+    drain(&mut client, at(0));
+    feed(&mut client, at(0), &ack(V3, Packet::PubAck, 1));
+    assert_eq!(client.stored_bytes(), 12);
+    assert!(client
+        .publish(at(0), "t", &[5; 1], QoS::AtLeastOnce, false)
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn a_stored_publish_goes_out_in_queue_order_and_whole() {
+    let mut client: TestClient = connected(V3);
+    client
+        .publish(at(0), "t", b"zero", QoS::AtMostOnce, false)
+        .unwrap();
+    let id1 = client
+        .publish(at(0), "t", b"one", QoS::AtLeastOnce, false)
+        .unwrap()
+        .unwrap();
+    client
+        .publish(at(0), "t", b"two", QoS::AtMostOnce, false)
+        .unwrap();
+    // An acknowledgement for a publish not sent yet is ignored [MQTT-2.2.1-5].
+    assert_eq!(feed(&mut client, at(0), &ack(V3, Packet::PubAck, 1)), None);
+    // Three bytes at a time: the stored publish is not cut by the PUBACK queued meanwhile.
+    let mut stream = Vec::new();
+    let mut piece = [0u8; 3];
+    let mut fed = false;
+    loop {
+        let n = client.poll_transmit(at(0), &mut piece);
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&piece[..n]);
+        if !fed && stream.len() > 12 {
+            let bytes = publish_packet(V3, QoS::AtLeastOnce, Some(7), false, b"in");
+            assert!(matches!(
+                feed(&mut client, at(0), &bytes),
+                Some(ClientEvent::Message(_))
+            ));
+            fed = true;
+        }
+    }
+    let payloads: Vec<&[u8]> = packets(V3, &stream)
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.payload,
+            Packet::PubAck(a) => {
+                assert_eq!(a.packet_id, id(7));
+                b"ack"
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, [&b"zero"[..], b"one", b"two", b"ack"]);
+    assert_eq!(client.inflight(), 1);
+    assert!(matches!(
+        feed(&mut client, at(0), &ack(V3, Packet::PubAck, id1.get())),
+        Some(ClientEvent::Published { .. })
+    ));
+    assert_eq!(client.stored_bytes(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1172,7 +1255,7 @@ fn poll_transmit_hands_out_a_byte_stream_in_small_pieces() {
 
 #[test]
 fn a_full_transmit_queue_makes_handle_bytes_wait_without_consuming() {
-    let mut client: Client<'static, 8, 32, 256> = connected_with(ClientOptions::new(V3, "c"));
+    let mut client: Client<'static, 8, 32> = connected_with(ClientOptions::new(V3, "c"));
     // 2 + 3 + 25 = 30 of 32 bytes queued: no room for a 4-byte PUBACK.
     client
         .publish(at(0), "t", &[0; 25], QoS::AtMostOnce, false)
@@ -1371,7 +1454,8 @@ fn mqtt_4_4_0_1_session_present_resends_publishes_with_dup_and_pubrel_in_order()
                 ("PUBLISH", 1, true),
                 ("PUBREL", 2, false),
                 ("PUBLISH", 3, true),
-                ("PUBLISH", 4, true),
+                // Never sent before the connection dropped: a first delivery, DUP 0.
+                ("PUBLISH", 4, false),
             ]
         );
         let Packet::Publish(third) = sent[2] else {
@@ -1497,13 +1581,13 @@ fn a_subscribe_pending_when_the_connection_drops_is_reported_lost() {
 }
 
 #[test]
-fn mqtt_3_3_4_7_resends_wait_for_the_new_receive_maximum_and_transmit_room() {
-    // A small transmit queue: retransmissions are queued as poll_transmit drains it.
+fn mqtt_3_3_4_7_resends_wait_for_the_new_receive_maximum() {
+    // Retransmissions go out from the store as acknowledgements make room in the window.
     let options = ClientOptions {
         clean_start: false,
         ..ClientOptions::new(V5, "c")
     };
-    let mut client: Client<'static, 8, 48, 1024> = connected_with(options);
+    let mut client: Client<'static, 8, 256> = connected_with(options);
     for n in 0..5u8 {
         client
             .publish(at(0), "t", &[n; 20], QoS::AtLeastOnce, false)
@@ -1582,6 +1666,37 @@ fn mqtt_3_14_4_1_disconnect_is_the_last_packet_and_input_is_ignored_after() {
     assert_eq!((received.consumed, received.event), (bytes.len(), None));
     assert_eq!(client.poll_timeout(), None);
     assert_eq!(client.disconnect(at(0)), Err(ClientError::NotConnected));
+}
+
+#[test]
+fn stored_publishes_queued_before_disconnect_go_first_but_none_before_connack() {
+    // Queued before DISCONNECT on an open connection: sent from the store, then DISCONNECT.
+    let mut client = connected(V3);
+    client
+        .publish(at(0), "t", b"q1", QoS::AtLeastOnce, false)
+        .unwrap();
+    client.disconnect(at(0)).unwrap();
+    let bytes = drain(&mut client, at(0));
+    let sent = packets(V3, &bytes);
+    assert!(matches!(&sent[..], [Packet::Publish(p), Packet::Disconnect(_)] if p.payload == b"q1"));
+
+    // Resumed, but disconnected before CONNACK: only CONNECT and DISCONNECT go out (a
+    // PUBLISH before CONNACK, let alone before CONNECT, would break the protocol).
+    let mut client: TestClient = connected(V3);
+    client
+        .publish(at(0), "t", b"q1", QoS::AtLeastOnce, false)
+        .unwrap();
+    client.connection_lost(at(1));
+    client.set_clean_start(false);
+    client.connect(at(2)).unwrap();
+    client.disconnect(at(2)).unwrap();
+    let bytes = drain(&mut client, at(2));
+    let sent = packets(V3, &bytes);
+    assert!(matches!(
+        &sent[..],
+        [Packet::Connect(_), Packet::Disconnect(_)]
+    ));
+    assert_eq!(client.inflight(), 1);
 }
 
 #[test]

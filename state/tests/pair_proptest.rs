@@ -24,7 +24,7 @@ mod pair;
 
 use std::collections::BTreeMap;
 
-use pair::{ChunkMode, Pair, PairConfig, ServerLog, CLIENT_INFLIGHT, CLIENT_STORE, CLIENT_TX};
+use pair::{ChunkMode, Pair, PairConfig, ServerLog, CLIENT_BUF, CLIENT_INFLIGHT, CLIENT_TX};
 use petrel_codec::{ProtocolVersion, QoS, ReasonCode};
 use petrel_state::client::{ClientError, ConnectionState};
 use petrel_state::server::CloseInitiator;
@@ -298,8 +298,8 @@ impl Run {
             prop_assert!(client.incoming_qos2() <= usize::from(client.receive_maximum()));
         }
         // Memory bounded.
-        prop_assert!(client.pending_transmit() <= CLIENT_TX);
-        prop_assert!(client.stored_bytes() <= CLIENT_STORE);
+        prop_assert!(client.pending_transmit() <= CLIENT_BUF);
+        prop_assert!(client.stored_bytes() <= CLIENT_BUF);
         let window = pair.server.session().map_or(0, |s| s.inflight());
         prop_assert!(pair.server.pending_transmit() <= self.server_buffer_bound(window));
         // No protocol error anywhere.
@@ -398,8 +398,8 @@ impl Run {
                 stats
             );
         }
-        prop_assert!(stats.max_client_pending_tx <= CLIENT_TX);
-        prop_assert!(stats.max_client_stored <= CLIENT_STORE);
+        prop_assert!(stats.max_client_pending_tx <= CLIENT_BUF);
+        prop_assert!(stats.max_client_stored <= CLIENT_BUF);
         prop_assert!(
             stats.max_server_pending_tx <= self.server_buffer_bound(stats.max_server_inflight),
             "{:?}",

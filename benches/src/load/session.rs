@@ -37,7 +37,7 @@ pub(crate) trait Session: Send {
     fn pending_transmit(&self) -> usize;
 }
 
-impl<const I: usize, const T: usize, const S: usize> Session for Client<'_, I, T, S> {
+impl<const I: usize, const B: usize> Session for Client<'_, I, B> {
     fn connect(&mut self, now: Instant) -> Result<(), ClientError> {
         Client::connect(self, now)
     }
@@ -92,20 +92,21 @@ impl<const I: usize, const T: usize, const S: usize> Session for Client<'_, I, T
 
 /// Connections that only connect and hold (`conn`): a CONNECT, PINGREQs and a DISCONNECT.
 /// Small, because `conn` opens thousands.
-pub(crate) type IdleClient<'a> = Client<'a, 2, 1024, 0>;
+pub(crate) type IdleClient<'a> = Client<'a, 2, 1024>;
 
 /// Subscribers: up to 1,024 inbound QoS 2 messages between PUBREC and PUBREL (a 3.1.1
 /// broker is not bound by a receive maximum, and rumqttd's default window is 100), and a
-/// transmit queue for a burst of acknowledgements. They never publish, so no store.
-pub(crate) type SubClient<'a> = Client<'a, 1024, { 32 * 1024 }, 0>;
+/// buffer for a burst of acknowledgements. They never publish, so it stores nothing.
+pub(crate) type SubClient<'a> = Client<'a, 1024, { 32 * 1024 }>;
 
-/// Publishers of packets up to [`SMALL_PACKET`] bytes: a 64 KiB transmit queue is several
-/// hundred small publishes per write, and the store holds a 1,024-message window of them.
-pub(crate) type SmallPubClient<'a> = Client<'a, 1024, { 64 * 1024 }, { 2 * 1024 * 1024 }>;
+/// Publishers of packets up to [`SMALL_PACKET`] bytes: the buffer holds a 1,024-message
+/// window of them (each stored once, and sent from the store) and 64 KiB of queued QoS 0
+/// publishes, several hundred small ones per write.
+pub(crate) type SmallPubClient<'a> = Client<'a, 1024, { 2 * 1024 * 1024 + 64 * 1024 }>;
 
-/// Publishers of packets up to [`MAX_PACKET`] bytes; the window is whatever of them the
-/// 8 MiB store holds (64 at the largest size).
-pub(crate) type LargePubClient<'a> = Client<'a, 1024, { 256 * 1024 }, { 8 * 1024 * 1024 }>;
+/// Publishers of packets up to [`MAX_PACKET`] bytes; the window is whatever of them 8 MiB
+/// of the buffer holds (64 at the largest size), beside 256 KiB of queued QoS 0 publishes.
+pub(crate) type LargePubClient<'a> = Client<'a, 1024, { 8 * 1024 * 1024 + 256 * 1024 }>;
 
 /// The largest PUBLISH packet a [`SmallPubClient`] is used for.
 pub(crate) const SMALL_PACKET: usize = 2 * 1024;

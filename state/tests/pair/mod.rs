@@ -39,13 +39,14 @@ use petrel_state::{Duration, Instant};
 
 /// Packet identifiers the test client can have in use at once.
 pub(crate) const CLIENT_INFLIGHT: usize = 16;
-/// Bytes the test client can queue for transmission.
+/// Bytes the harness takes from the client per `poll_transmit`.
 pub(crate) const CLIENT_TX: usize = 8192;
-/// Bytes of QoS 1/2 PUBLISH packets the test client can keep for retransmission.
-pub(crate) const CLIENT_STORE: usize = 16384;
+/// Bytes of the test client's buffer: QoS 1/2 PUBLISH packets kept for retransmission and
+/// packets queued for transmission.
+pub(crate) const CLIENT_BUF: usize = 24576;
 
 /// The client session under test.
-pub(crate) type TestClient = Client<'static, CLIENT_INFLIGHT, CLIENT_TX, CLIENT_STORE>;
+pub(crate) type TestClient = Client<'static, CLIENT_INFLIGHT, CLIENT_BUF>;
 
 /// A bound on the steps of one `drive` / `advance` call: reaching it means the two sides
 /// keep talking without end (a livelock), which is a bug worth a loud failure.

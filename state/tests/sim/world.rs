@@ -33,7 +33,7 @@ use super::rng::Rng;
 /// The client type every simulated client uses. 128 packet identifiers: a 3.1.1 server
 /// has no way to learn a client's capacity (3.1.1 has no Receive Maximum), so the client
 /// must be able to hold every QoS 2 message in transit to it while its PUBRECs travel back.
-type MqttClient = Client<'static, 128, 8192, 8192>;
+type MqttClient = Client<'static, 128, 16384>;
 
 /// Bytes a connection's socket holds towards its client before the world stops taking bytes
 /// from the broker for it: what makes a slow reader push back on the broker. The bounded

@@ -9,7 +9,8 @@ use petrel_firmware::clock::now;
 use petrel_firmware::link::Link;
 use petrel_state::client::{Client, ClientEvent, ClientOptions, ConnectionState};
 
-/// 1 KiB packet buffers: receive, transmit, and the retransmission store.
+/// 1 KiB packet buffers: the link's receive buffer, and the client's one buffer for the
+/// retransmission store and the transmit queue.
 const BUF: usize = 1024;
 
 #[entry]
@@ -17,14 +18,14 @@ fn main() -> ! {
     petrel_footprint::start();
     let mut options = ClientOptions::new(ProtocolVersion::V311, "fp-petrel-v311");
     options.max_packet_size = BUF as u32;
-    let mut client: Client<'_, 2, BUF, BUF> = Client::new(options);
+    let mut client: Client<'_, 2, BUF> = Client::new(options);
     let mut link: Link<_, BUF> = Link::new(petrel_footprint::uart());
     let ok = job(&mut client, &mut link);
     petrel_footprint::finish(ok)
 }
 
 fn job(
-    client: &mut Client<'_, 2, BUF, BUF>,
+    client: &mut Client<'_, 2, BUF>,
     link: &mut Link<petrel_firmware::uart::Uart, BUF>,
 ) -> bool {
     let (mut connected, mut subscribed, mut acked, mut received) = (false, false, false, false);

@@ -24,13 +24,12 @@ use super::BridgeStats;
 
 /// Outbound QoS 1/2 publishes in flight at once (and the Receive Maximum advertised).
 const INFLIGHT: usize = 64;
-/// Bytes of encoded packets waiting to be written: the largest message that can cross,
-/// the broker's default 1 MiB packet limit, plus room for acknowledgements.
-const TX: usize = (1 << 20) + (64 << 10);
-/// Bytes of QoS 1/2 PUBLISH packets kept for retransmission after a reconnect.
-const STORE: usize = 2 << 20;
+/// Bytes of the client's buffer: QoS 1/2 PUBLISH packets kept for retransmission after a
+/// reconnect (2 MiB), and room for the largest message that can cross, the broker's default
+/// 1 MiB packet limit, plus acknowledgements.
+const BUF: usize = (2 << 20) + (1 << 20) + (64 << 10);
 
-type RemoteClient<'a> = Client<'a, INFLIGHT, TX, STORE>;
+type RemoteClient<'a> = Client<'a, INFLIGHT, BUF>;
 
 /// How long a message the bridge brought in is remembered, so that it is not sent back out
 /// when the broker hands it to the bridge's own tap (which happens at once, so this is only
