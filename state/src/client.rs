@@ -563,13 +563,8 @@ impl<const N: usize> Buffer<N> {
         }
     }
 
-    /// Appends an encoded packet to the queue.
-    fn push_packet(
-        &mut self,
-        version: ProtocolVersion,
-        packet: &Packet<'_>,
-    ) -> Result<(), ClientError> {
-        let len = packet.encoded_len(version).map_err(ClientError::Encode)?;
+    /// Makes room for `len` bytes at the end of the queue; returns where they start.
+    fn reserve(&mut self, len: usize) -> Result<usize, ClientError> {
         if self.free() < len {
             return Err(ClientError::BufferFull);
         }
@@ -578,7 +573,52 @@ impl<const N: usize> Buffer<N> {
         }
         let start = self.end;
         self.grow_to(start + len)?;
+        Ok(start)
+    }
+
+    /// Appends an encoded packet to the queue.
+    fn push_packet(
+        &mut self,
+        version: ProtocolVersion,
+        packet: &Packet<'_>,
+    ) -> Result<(), ClientError> {
+        let len = packet.encoded_len(version).map_err(ClientError::Encode)?;
+        let start = self.reserve(len)?;
         self.write(start, len, version, packet)?;
+        self.end = start + len;
+        Ok(())
+    }
+
+    /// Appends a PUBACK, PUBREC, PUBREL or PUBCOMP without properties, as the codec would
+    /// encode it: the fixed header, the identifier and, over 5.0, a reason code other than
+    /// success. Not through a `Packet`: a 5.0 `Packet` takes hundreds of bytes of stack,
+    /// which on a microcontroller is a lot for four or five bytes of output.
+    fn push_ack(
+        &mut self,
+        version: ProtocolVersion,
+        kind: PacketType,
+        id: PacketId,
+        reason: ReasonCode,
+    ) -> Result<(), ClientError> {
+        let with_reason = version.is_v5() && reason != ReasonCode::Success;
+        let len = if with_reason { 5 } else { 4 };
+        let start = self.reserve(len)?;
+        let flags = if kind == PacketType::PubRel {
+            0b0010
+        } else {
+            0
+        };
+        let [high, low] = id.get().to_be_bytes();
+        let bytes = [
+            (kind as u8) << 4 | flags,
+            len as u8 - 2,
+            high,
+            low,
+            reason as u8,
+        ];
+        if let (Some(dst), Some(src)) = (self.bytes.get_mut(start..start + len), bytes.get(..len)) {
+            dst.copy_from_slice(src);
+        }
         self.end = start + len;
         Ok(())
     }
@@ -1531,8 +1571,11 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
             if active >= limit {
                 break;
             }
-            let pubrel = Packet::PubRel(PubResponse::new(slot.id));
-            if self.buf.push_packet(version, &pubrel).is_err() {
+            let success = ReasonCode::Success;
+            let queued = self
+                .buf
+                .push_ack(version, PacketType::PubRel, slot.id, success);
+            if queued.is_err() {
                 break;
             }
             if let Some(s) = self.slots.get_mut(index - 1) {
@@ -1704,15 +1747,16 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-4] (5.0) / [MQTT-4.3.2-2] (3.1.1): acknowledge with PUBACK.
                 self.buf
-                    .push_packet(version, &Packet::PubAck(PubResponse::new(id)))?;
+                    .push_ack(version, PacketType::PubAck, id, ReasonCode::Success)?;
                 Ok(Some(ClientEvent::Message(publish)))
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                let pubrec = Packet::PubRec(PubResponse::new(id));
+                let success = ReasonCode::Success;
                 if self.incoming_qos2.contains(&id) {
                     // Until PUBREL, a PUBLISH with the same identifier is acknowledged again
                     // and not delivered again [MQTT-4.3.3-10] (5.0) / [MQTT-4.3.3-2] (3.1.1).
-                    self.buf.push_packet(version, &pubrec)?;
+                    self.buf
+                        .push_ack(version, PacketType::PubRec, id, success)?;
                     return Ok(None);
                 }
                 // The server may not exceed our Receive Maximum [MQTT-3.3.4-9]. A 3.1.1
@@ -1726,7 +1770,8 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
                 // [MQTT-4.3.3-8]: PUBREC, having accepted ownership.
-                self.buf.push_packet(version, &pubrec)?;
+                self.buf
+                    .push_ack(version, PacketType::PubRec, id, success)?;
                 if self.incoming_qos2.push(id).is_err() {
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
@@ -1797,7 +1842,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
                 }
                 // [MQTT-4.3.3-4]: PUBREL; the PUBLISH is never sent again [MQTT-4.3.3-6].
                 self.buf
-                    .push_packet(version, &Packet::PubRel(PubResponse::new(id)))?;
+                    .push_ack(version, PacketType::PubRel, id, ReasonCode::Success)?;
                 self.release_store(index);
                 if let Some(slot) = self.slots.get_mut(index) {
                     slot.kind = SlotKind::PubComp;
@@ -1807,18 +1852,16 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
             Some((_, SlotKind::PubComp)) => {
                 // A repeated PUBREC: repeat the PUBREL.
                 self.buf
-                    .push_packet(version, &Packet::PubRel(PubResponse::new(id)))?;
+                    .push_ack(version, PacketType::PubRel, id, ReasonCode::Success)?;
                 Ok(None)
             }
             _ if rec.reason_code.is_error() => Ok(None),
             _ => {
                 // Unknown identifier: PUBREL "packet identifier not found" (5.0), so that
                 // the server can complete its side [MQTT-2.2.1-5].
-                let pubrel = PubResponse {
-                    reason_code: ReasonCode::PacketIdentifierNotFound,
-                    ..PubResponse::new(id)
-                };
-                self.buf.push_packet(version, &Packet::PubRel(pubrel))?;
+                let not_found = ReasonCode::PacketIdentifierNotFound;
+                self.buf
+                    .push_ack(version, PacketType::PubRel, id, not_found)?;
                 Ok(None)
             }
         }
@@ -1837,12 +1880,8 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        let pubcomp = PubResponse {
-            reason_code,
-            ..PubResponse::new(id)
-        };
         self.buf
-            .push_packet(self.options.version, &Packet::PubComp(pubcomp))?;
+            .push_ack(self.options.version, PacketType::PubComp, id, reason_code)?;
         if let Some(index) = known {
             // [MQTT-4.3.3-12]: the identifier is new again.
             self.incoming_qos2.swap_remove(index);
@@ -1938,6 +1977,44 @@ mod tests {
         b.release(0, 8);
         assert_eq!(b.store, 8);
         assert_eq!(b.bytes.get(..2), Some(&[0x32, 6][..]));
+    }
+
+    #[test]
+    fn acknowledgements_are_encoded_as_the_codec_encodes_them() {
+        use petrel_codec::PubResponse;
+        let kinds: [(PacketType, fn(PubResponse<'static>) -> Packet<'static>); 4] = [
+            (PacketType::PubAck, Packet::PubAck),
+            (PacketType::PubRec, Packet::PubRec),
+            (PacketType::PubRel, Packet::PubRel),
+            (PacketType::PubComp, Packet::PubComp),
+        ];
+        let reasons = [ReasonCode::Success, ReasonCode::PacketIdentifierNotFound];
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for (kind, make) in kinds {
+                for reason in reasons {
+                    let id = PacketId::new(0x1234).unwrap();
+                    if kind != PacketType::PubRel
+                        && kind != PacketType::PubComp
+                        && reason != ReasonCode::Success
+                    {
+                        continue;
+                    }
+                    let packet = make(PubResponse {
+                        reason_code: reason,
+                        ..PubResponse::new(id)
+                    });
+                    let mut expected = [0u8; 8];
+                    let len = packet.encode(version, &mut expected).unwrap();
+                    let mut b = Buffer::<8>::new();
+                    b.push_ack(version, kind, id, reason).unwrap();
+                    assert_eq!(
+                        b.pending(),
+                        &expected[..len],
+                        "{kind:?} {reason:?} {version:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
