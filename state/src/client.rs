@@ -1982,7 +1982,8 @@ mod tests {
     #[test]
     fn acknowledgements_are_encoded_as_the_codec_encodes_them() {
         use petrel_codec::PubResponse;
-        let kinds: [(PacketType, fn(PubResponse<'static>) -> Packet<'static>); 4] = [
+        type Make = fn(PubResponse<'static>) -> Packet<'static>;
+        let kinds: [(PacketType, Make); 4] = [
             (PacketType::PubAck, Packet::PubAck),
             (PacketType::PubRec, Packet::PubRec),
             (PacketType::PubRel, Packet::PubRel),
