@@ -206,7 +206,7 @@ mod tests {
                 let topic = "petrel-bench/0000abcd/07";
                 let now = Instant::from_micros(0);
                 // The publishers' session, with capacities small enough for a test's stack.
-                let mut client: Client<'_, 4, 4096, 4096> =
+                let mut client: Client<'_, 4, 8192> =
                     Client::new(options(version, "p", 0, None, None));
                 client.connect(now).unwrap();
                 let mut scratch = vec![0; 1024];
