@@ -165,10 +165,7 @@ impl Hooks for LogHooks {
         packet: &Packet<'_>,
         _frame: &[u8],
     ) {
-        let arrow = match direction {
-            PacketDirection::Received => "<-",
-            PacketDirection::Sent => "->",
-        };
+        let arrow = direction.arrow();
         println!(
             "w{} {arrow} {} {}",
             self.worker,

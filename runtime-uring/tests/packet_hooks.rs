@@ -28,10 +28,7 @@ impl Hooks for PacketLog {
         packet: &Packet<'_>,
         frame: &[u8],
     ) {
-        let arrow = match direction {
-            PacketDirection::Received => "<-",
-            PacketDirection::Sent => "->",
-        };
+        let arrow = direction.arrow();
         assert!(!frame.is_empty());
         self.lines.lock().unwrap().push(format!(
             "{} {arrow} {}",

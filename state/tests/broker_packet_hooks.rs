@@ -36,10 +36,7 @@ impl Hooks for Recorder {
         packet: &Packet<'_>,
         frame: &[u8],
     ) {
-        let arrow = match direction {
-            PacketDirection::Received => "<-",
-            PacketDirection::Sent => "->",
-        };
+        let arrow = direction.arrow();
         // The frame is the packet's own bytes: its first byte names its type.
         assert_eq!(frame[0] >> 4, packet.packet_type() as u8);
         self.lines.borrow_mut().push(format!(

@@ -77,6 +77,17 @@ pub enum PacketDirection {
     Sent,
 }
 
+impl PacketDirection {
+    /// The arrow a packet log shows for this direction, seen from the broker: `<-` for a
+    /// packet received from the client, `->` for one sent to it.
+    pub fn arrow(self) -> &'static str {
+        match self {
+            PacketDirection::Received => "<-",
+            PacketDirection::Sent => "->",
+        }
+    }
+}
+
 /// Hooks into the broker. The union of what mochi-mqtt, gmqtt and mProxy offer: decide on
 /// CONNECT and AUTH, authorize and rewrite PUBLISH and SUBSCRIBE, and observe connections,
 /// subscriptions, messages and session expiry.
