@@ -125,6 +125,7 @@ impl Persistence {
             retained = loaded.state.retained.len(),
             expired_sessions = loaded.expired_sessions,
             expired_retained = loaded.expired_retained,
+            migrated_sessions = loaded.migrated_sessions,
             millis = started.elapsed().as_millis() as u64,
             "store loaded"
         );

@@ -14,7 +14,7 @@ use petrel_codec::{
 };
 use petrel_state::broker::{
     AllowAll, Broker, BrokerConfig, ClientInfo, ConnectionId, Durability, NoStorage, Offer,
-    Pipeline, PipelineTicket, SessionRecord, Storage,
+    Pipeline, PipelineTicket, SessionView, Storage,
 };
 use petrel_state::message::Message;
 use petrel_state::server::ServerConfig;
@@ -381,7 +381,7 @@ struct SlowStore {
 }
 
 impl Storage for SlowStore {
-    fn save_session(&mut self, _record: &SessionRecord) {}
+    fn save_session(&mut self, _session: SessionView<'_>) {}
     fn delete_session(&mut self, _client_id: &str) {}
     fn set_retained(&mut self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn commit(&mut self) -> Durability {

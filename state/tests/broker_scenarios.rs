@@ -13,7 +13,7 @@ use petrel_codec::{
 };
 use petrel_state::broker::{
     Broker, BrokerConfig, ClientInfo, ConnectionId, Durability, Hooks, MemoryStorage, NoStorage,
-    SessionRecord, ShardMessage, Storage, StoredState, Verdict,
+    SessionView, ShardMessage, Storage, StoredState, Verdict,
 };
 use petrel_state::message::Message;
 use petrel_state::server::{QueueLimits, ServerConfig};
@@ -969,8 +969,8 @@ fn a_restart_from_the_store_keeps_sessions_subscriptions_queues_and_retained() {
 struct SharedStore(Rc<RefCell<MemoryStorage>>);
 
 impl Storage for SharedStore {
-    fn save_session(&mut self, record: &SessionRecord) {
-        self.0.borrow_mut().save_session(record)
+    fn save_session(&mut self, session: SessionView<'_>) {
+        self.0.borrow_mut().save_session(session)
     }
     fn delete_session(&mut self, client_id: &str) {
         self.0.borrow_mut().delete_session(client_id)
@@ -990,7 +990,7 @@ struct SlowStore {
 }
 
 impl Storage for SlowStore {
-    fn save_session(&mut self, _record: &SessionRecord) {}
+    fn save_session(&mut self, _session: SessionView<'_>) {}
     fn delete_session(&mut self, _client_id: &str) {}
     fn set_retained(&mut self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn commit(&mut self) -> Durability {

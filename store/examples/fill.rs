@@ -1,5 +1,6 @@
 //! Fills an embedded store for the restart-time figure: N retained messages and M
-//! persistent sessions (each with one subscription and one queued QoS 1 message).
+//! persistent sessions (each with one subscription and one queued QoS 1 message, stored as a
+//! session header and one entry).
 //!
 //! ```sh
 //! cargo run --release -p petrel-store --example fill -- DATA_DIR 1000000 100000
@@ -56,8 +57,8 @@ fn main() {
             }],
             pending_will: None,
         };
-        ops.push(Op::PutSession(id, record::encode_session(&record, clock)));
-        if ops.len() == 50_000 {
+        ops.extend(record::session_ops(record.view(), clock));
+        if ops.len() >= 50_000 {
             flush(&mut ops, &mut store);
         }
     }

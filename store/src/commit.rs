@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
-use petrel_state::broker::{Durability, SessionRecord, Storage};
+use petrel_state::broker::{Durability, SessionView, Storage};
 use petrel_state::message::Message;
+use petrel_state::server::{Delivery, Outbound};
 
-use crate::backend::{Backend, Op, StoreError};
-use crate::record::{encode_message, encode_session, Clock};
+use crate::backend::{Backend, EntryKey, EntryKind, Op, StoreError};
+use crate::record::{encode_message, encode_outbound, encode_queued, encode_session_header, Clock};
 
 /// How batches become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,7 @@ impl Committer {
             ops: Vec::new(),
             tokens: Arc::new(BatchTokens::default()),
             sender: self.sender.clone(),
+            written: HashMap::new(),
         }
     }
 
@@ -329,6 +331,8 @@ pub struct ShardStorage {
     ops: Vec<Op>,
     tokens: Arc<BatchTokens>,
     sender: Option<Sender<Item>>,
+    /// What was sent of each session saved in this process.
+    written: HashMap<String, Written>,
 }
 
 /// The tokens a shard's store has handed out, readable from the worker that owns the broker.
@@ -446,20 +450,142 @@ impl ShardStorage {
     }
 }
 
+/// What a shard has sent the committer of one session: its header, and each message in
+/// flight and queued with the sequence number of its entry, in list order. A save writes
+/// only the difference, so a delivery or an acknowledgement costs one entry, not the
+/// session. The messages are the session's own (`Arc`s): while they are held here, a
+/// pointer identifies a message.
+#[derive(Debug, Default)]
+struct Written {
+    header: Vec<u8>,
+    outbound: VecDeque<(u64, Outbound)>,
+    queue: VecDeque<(u64, Delivery)>,
+    next_seq: u64,
+}
+
+/// Whether two deliveries are the same one (the same message, shared, delivered alike).
+fn same_delivery(a: &Delivery, b: &Delivery) -> bool {
+    Arc::ptr_eq(&a.message, &b.message)
+        && a.qos == b.qos
+        && a.retain == b.retain
+        && a.subscription_ids == b.subscription_ids
+        && a.shared_group == b.shared_group
+}
+
+/// Brings `written` (a list as the store has it, with each item's entry number) in line
+/// with `current`, calling `write(seq, Some(item))` for each entry to put and
+/// `write(seq, None)` for each to delete.
+///
+/// Lists change at their ends and by removals (a queue is taken from the front and
+/// appended to; an acknowledgement removes one message in flight), so the items of
+/// `current` are found in `written` in order, skipping (deleting) those gone, and a new
+/// item ends the matching: it and everything after it get fresh numbers after every number
+/// used, which keeps the stored order the list's order whatever else happened. Items
+/// `same` as before but not `unchanged` (an outbound message whose handshake moved on) are
+/// rewritten under their own number. The cost is one comparison per item and one write per
+/// change.
+fn sync<T: Clone>(
+    written: &mut VecDeque<(u64, T)>,
+    current: &VecDeque<T>,
+    next_seq: &mut u64,
+    same: impl Fn(&T, &T) -> bool,
+    unchanged: impl Fn(&T, &T) -> bool,
+    mut write: impl FnMut(u64, Option<&T>),
+) {
+    let mut old = std::mem::take(written);
+    let mut matching = true;
+    for item in current {
+        if matching {
+            match old.iter().position(|(_, was)| same(was, item)) {
+                Some(at) => {
+                    for (seq, _) in old.drain(..at) {
+                        write(seq, None);
+                    }
+                    if let Some((seq, was)) = old.pop_front() {
+                        if unchanged(&was, item) {
+                            written.push_back((seq, was));
+                        } else {
+                            write(seq, Some(item));
+                            written.push_back((seq, item.clone()));
+                        }
+                        continue;
+                    }
+                }
+                None => matching = false,
+            }
+        }
+        let seq = *next_seq;
+        *next_seq += 1;
+        write(seq, Some(item));
+        written.push_back((seq, item.clone()));
+    }
+    for (seq, _) in old {
+        write(seq, None);
+    }
+}
+
 /// Nothing panics while holding these locks; a poisoned one is used as it is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Storage for ShardStorage {
-    fn save_session(&mut self, record: &SessionRecord) {
-        self.ops.push(Op::PutSession(
-            record.session.client_id.clone(),
-            encode_session(record, self.clock),
-        ));
+    fn save_session(&mut self, view: SessionView<'_>) {
+        let session = view.session;
+        let id = &session.client_id;
+        let header = encode_session_header(view, self.clock);
+        let written = match self.written.get_mut(id) {
+            Some(written) => written,
+            None => {
+                // The first save of the session in this process: what the store holds of it
+                // (from an earlier run, if any) is replaced whole, and diffs start from here.
+                self.ops.push(Op::DeleteSession(id.clone()));
+                self.written.entry(id.clone()).or_default()
+            }
+        };
+        if written.header != header {
+            self.ops.push(Op::PutSession(id.clone(), header.clone()));
+            written.header = header;
+        }
+        let (ops, clock) = (&mut self.ops, self.clock);
+        sync(
+            &mut written.outbound,
+            &session.outbound,
+            &mut written.next_seq,
+            |a, b| a.packet_id == b.packet_id && same_delivery(&a.delivery, &b.delivery),
+            |a, b| a.state == b.state,
+            |seq, entry| {
+                let key = EntryKey {
+                    kind: EntryKind::Outbound,
+                    seq,
+                };
+                ops.push(match entry {
+                    Some(o) => Op::PutEntry(id.clone(), key, encode_outbound(o, clock)),
+                    None => Op::DeleteEntry(id.clone(), key),
+                });
+            },
+        );
+        sync(
+            &mut written.queue,
+            &session.queue,
+            &mut written.next_seq,
+            same_delivery,
+            |_, _| true,
+            |seq, entry| {
+                let key = EntryKey {
+                    kind: EntryKind::Queued,
+                    seq,
+                };
+                ops.push(match entry {
+                    Some(d) => Op::PutEntry(id.clone(), key, encode_queued(d, clock)),
+                    None => Op::DeleteEntry(id.clone(), key),
+                });
+            },
+        );
     }
 
     fn delete_session(&mut self, client_id: &str) {
+        self.written.remove(client_id);
         self.ops.push(Op::DeleteSession(client_id.to_string()));
     }
 

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::backend::{Backend, Op, RawState, StoreError};
+use crate::backend::{entry_key, entry_prefix, split_entry_key, Backend, Op, RawState, StoreError};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Session entries, keyed by [`entry_key`]: a session's entries are one key range.
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 
 /// The file name of the store inside the data directory.
 pub const FILE_NAME: &str = "petrel.redb";
@@ -55,7 +57,8 @@ impl EmbeddedStore {
             }
         };
         let store = EmbeddedStore { db, path };
-        // Create both tables, so that reading an empty store finds them.
+        // Create the tables, so that reading an empty store (or one written before entries
+        // existed) finds them.
         store.apply_inner(&[], true)?;
         Ok(store)
     }
@@ -77,12 +80,27 @@ impl EmbeddedStore {
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(|e| self.error(e))?;
             let mut retained = tx.open_table(RETAINED).map_err(|e| self.error(e))?;
+            let mut entries = tx.open_table(ENTRIES).map_err(|e| self.error(e))?;
             for op in ops {
                 let result = match op {
                     Op::PutSession(key, value) => {
                         sessions.insert(key.as_str(), value.as_slice()).map(drop)
                     }
-                    Op::DeleteSession(key) => sessions.remove(key.as_str()).map(drop),
+                    Op::DeleteSession(key) => {
+                        let from = entry_prefix(key);
+                        // Entry keys continue the prefix with a kind byte below 0xFF.
+                        let mut to = from.clone();
+                        to.push(0xFF);
+                        sessions.remove(key.as_str()).map(drop).and_then(|()| {
+                            entries.retain_in(from.as_slice()..to.as_slice(), |_, _| false)
+                        })
+                    }
+                    Op::PutEntry(session, entry, value) => entries
+                        .insert(entry_key(session, *entry).as_slice(), value.as_slice())
+                        .map(drop),
+                    Op::DeleteEntry(session, entry) => entries
+                        .remove(entry_key(session, *entry).as_slice())
+                        .map(drop),
                     Op::PutRetained(key, value) => {
                         retained.insert(key.as_str(), value.as_slice()).map(drop)
                     }
@@ -136,6 +154,14 @@ impl EmbeddedStore {
                 let (key, value) = entry.map_err(|e| self.error(e))?;
                 out.push((key.value().to_string(), value.value().to_vec()));
             }
+        }
+        let table = tx.open_table(ENTRIES).map_err(|e| self.error(e))?;
+        for entry in table.iter().map_err(|e| self.error(e))? {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let (session, entry) = split_entry_key(key.value()).ok_or_else(|| {
+                self.error(format!("an entry key is malformed: {:?}", key.value()))
+            })?;
+            state.entries.push((session, entry, value.value().to_vec()));
         }
         Ok(state)
     }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
-use crate::backend::{Backend, Op, RawState, StoreError};
+use std::collections::BTreeMap;
+
+use crate::backend::{entry_key, entry_prefix, split_entry_key, Backend, Op, RawState, StoreError};
 
 /// The directory of the store inside the data directory.
 pub const DIR_NAME: &str = "petrel.fjall";
@@ -19,6 +21,8 @@ pub struct FjallStore {
     keyspace: Keyspace,
     sessions: PartitionHandle,
     retained: PartitionHandle,
+    /// Session entries, keyed by [`entry_key`]: a session's entries share a prefix.
+    entries: PartitionHandle,
     path: PathBuf,
 }
 
@@ -52,10 +56,12 @@ impl FjallStore {
         };
         let sessions = open("sessions")?;
         let retained = open("retained")?;
+        let entries = open("entries")?;
         Ok(FjallStore {
             keyspace,
             sessions,
             retained,
+            entries,
             path,
         })
     }
@@ -74,13 +80,54 @@ impl Backend for FjallStore {
     }
 
     fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
-        let mut batch = self.keyspace.batch();
+        // A write batch does not read its own writes, and removing a session's entries
+        // means reading which it has: the ops are first folded into the last value per key
+        // (`None`: removed), in order, so a key written after its session was deleted in
+        // the same batch survives.
+        let mut last: BTreeMap<(u8, Vec<u8>), Option<&[u8]>> = BTreeMap::new();
         for op in ops {
             match op {
-                Op::PutSession(key, value) => batch.insert(&self.sessions, key, value),
-                Op::DeleteSession(key) => batch.remove(&self.sessions, key.as_str()),
-                Op::PutRetained(key, value) => batch.insert(&self.retained, key, value),
-                Op::DeleteRetained(key) => batch.remove(&self.retained, key.as_str()),
+                Op::PutSession(key, value) => {
+                    last.insert((0, key.as_bytes().to_vec()), Some(value));
+                }
+                Op::DeleteSession(key) => {
+                    last.insert((0, key.as_bytes().to_vec()), None);
+                    let prefix = entry_prefix(key);
+                    let own = last
+                        .range_mut((2, prefix.clone())..)
+                        .take_while(|((_, key), _)| key.starts_with(&prefix));
+                    for (_, value) in own {
+                        *value = None;
+                    }
+                    for stored in self.entries.prefix(&prefix) {
+                        let (stored, _) = stored.map_err(|e| self.error(e))?;
+                        last.insert((2, stored.to_vec()), None);
+                    }
+                }
+                Op::PutEntry(session, entry, value) => {
+                    last.insert((2, entry_key(session, *entry)), Some(value));
+                }
+                Op::DeleteEntry(session, entry) => {
+                    last.insert((2, entry_key(session, *entry)), None);
+                }
+                Op::PutRetained(key, value) => {
+                    last.insert((1, key.as_bytes().to_vec()), Some(value));
+                }
+                Op::DeleteRetained(key) => {
+                    last.insert((1, key.as_bytes().to_vec()), None);
+                }
+            }
+        }
+        let mut batch = self.keyspace.batch();
+        for ((partition, key), value) in last {
+            let partition = match partition {
+                0 => &self.sessions,
+                1 => &self.retained,
+                _ => &self.entries,
+            };
+            match value {
+                Some(value) => batch.insert(partition, key, value),
+                None => batch.remove(partition, key),
             }
         }
         batch.commit().map_err(|e| self.error(e))?;
@@ -104,6 +151,12 @@ impl Backend for FjallStore {
                     .map_err(|_| self.error("a key is not UTF-8"))?;
                 out.push((key, value.to_vec()));
             }
+        }
+        for entry in self.entries.iter() {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let (session, entry) = split_entry_key(&key)
+                .ok_or_else(|| self.error(format!("an entry key is malformed: {key:?}")))?;
+            state.entries.push((session, entry, value.to_vec()));
         }
         Ok(state)
     }

@@ -12,14 +12,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use petrel_codec::{PacketId, QoS, RetainHandling, SubscriptionId, SubscriptionOptions};
-use petrel_state::broker::{SessionRecord, StoredSubscription};
+use petrel_state::broker::{SessionRecord, SessionView, StoredSubscription};
 use petrel_state::message::{Message, MessageProperties};
 use petrel_state::server::{Delivery, DropCounters, Outbound, OutboundState, Session, Will};
 use petrel_state::Instant;
 
+use crate::backend::{EntryKey, EntryKind, Op};
+
 /// The first byte of every record: the format version. A record of another version is
-/// refused rather than misread.
-const FORMAT: u8 = 1;
+/// refused rather than misread. Version 2 split sessions into a header and per-message
+/// entries; a version 1 session record ([`Layout::Whole`]) is still read, to migrate it.
+const FORMAT: u8 = 2;
+/// The version of a whole-session record ([`Layout::Whole`]), and of retained messages
+/// written before version 2 (whose encoding did not change).
+const FORMAT_WHOLE: u8 = 1;
 
 /// Converts the broker's process-relative instants to wall-clock time and back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,87 +96,114 @@ impl fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
-/// Encodes a session record.
-pub fn encode_session(record: &SessionRecord, clock: Clock) -> Vec<u8> {
+/// How a stored session record is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Format 2: the header only; the messages in flight and queued are entries of their own.
+    Header,
+    /// Format 1 (before per-message entries): the whole session, messages included, in one
+    /// record. Still read, so that a store written by an older Petrel is migrated.
+    Whole,
+}
+
+/// Encodes the header record of a session: everything but the messages it holds in flight
+/// and queued, which are entries of their own ([`encode_outbound`], [`encode_queued`]).
+pub fn encode_session_header(view: SessionView<'_>, clock: Clock) -> Vec<u8> {
     let mut w = Writer::new();
-    let s = &record.session;
+    let s = view.session;
     w.str(&s.client_id);
     w.u32(s.expiry_interval);
-    w.opt_u64(s.expires_at.map(|at| clock.to_unix(at)));
-    w.u32(len32(s.outbound.len()));
-    for o in &s.outbound {
-        w.u16(o.packet_id.get());
-        w.u8(match o.state {
-            OutboundState::AwaitingPubAck => 0,
-            OutboundState::AwaitingPubRec => 1,
-            OutboundState::AwaitingPubComp => 2,
-        });
-        w.delivery(&o.delivery, clock);
-    }
+    w.opt_u64(view.expires_at.map(|at| clock.to_unix(at)));
     w.u32(len32(s.inbound_qos2.len()));
     for id in &s.inbound_qos2 {
         w.u16(*id);
     }
-    w.u32(len32(s.queue.len()));
-    for d in &s.queue {
-        w.delivery(d, clock);
-    }
-    w.u64(s.dropped.qos0_buffer_full);
-    w.u64(s.dropped.queue_full);
-    w.u64(s.dropped.too_large);
-    w.u64(s.dropped.expired);
-    w.u32(len32(record.subscriptions.len()));
-    for sub in &record.subscriptions {
-        w.str(&sub.filter);
-        let o = sub.options;
-        w.u8(o.qos as u8
-            | u8::from(o.no_local) << 2
-            | u8::from(o.retain_as_published) << 3
-            | (o.retain_handling as u8) << 4);
-        w.opt_u32(sub.identifier);
-    }
-    match &record.pending_will {
-        None => w.u8(0),
-        Some((at, will)) => {
-            w.u8(1);
-            w.u64(clock.to_unix(*at));
-            w.message(&will.message, clock);
-            w.u32(will.delay_interval);
-            w.opt_u32(will.message_expiry_interval);
-        }
-    }
+    w.drops(&s.dropped);
+    w.subscriptions(view.subscriptions);
+    w.will(view.pending_will, clock);
     w.finish()
 }
 
-/// Decodes a session record.
-pub fn decode_session(bytes: &[u8], clock: Clock) -> Result<SessionRecord, RecordError> {
-    let mut r = Reader::open(bytes)?;
+/// Encodes an outbound publication in flight, as a session entry.
+pub fn encode_outbound(outbound: &Outbound, clock: Clock) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.outbound(outbound, clock);
+    w.finish()
+}
+
+/// Encodes a queued delivery, as a session entry.
+pub fn encode_queued(delivery: &Delivery, clock: Clock) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.delivery(delivery, clock);
+    w.finish()
+}
+
+/// Decodes an entry written by [`encode_outbound`].
+pub fn decode_outbound(bytes: &[u8], clock: Clock) -> Result<Outbound, RecordError> {
+    let mut r = Reader::open(bytes, Layout::Header)?;
+    let outbound = r.outbound(clock)?;
+    r.end()?;
+    Ok(outbound)
+}
+
+/// Decodes an entry written by [`encode_queued`].
+pub fn decode_queued(bytes: &[u8], clock: Clock) -> Result<Delivery, RecordError> {
+    let mut r = Reader::open(bytes, Layout::Header)?;
+    let delivery = r.delivery(clock)?;
+    r.end()?;
+    Ok(delivery)
+}
+
+/// The operations that store a whole session from scratch: its header, then one entry per
+/// message in flight and queued, numbered from 0 in list order. They do not remove what
+/// the store already holds of the session; precede them with [`Op::DeleteSession`] for that.
+pub fn session_ops(view: SessionView<'_>, clock: Clock) -> Vec<Op> {
+    let s = view.session;
+    let id = &s.client_id;
+    let mut ops = Vec::with_capacity(1 + s.outbound.len() + s.queue.len());
+    ops.push(Op::PutSession(
+        id.clone(),
+        encode_session_header(view, clock),
+    ));
+    let mut seq = 0;
+    let mut next = |kind| {
+        seq += 1;
+        EntryKey { kind, seq: seq - 1 }
+    };
+    for o in &s.outbound {
+        let key = next(EntryKind::Outbound);
+        ops.push(Op::PutEntry(id.clone(), key, encode_outbound(o, clock)));
+    }
+    for d in &s.queue {
+        let key = next(EntryKind::Queued);
+        ops.push(Op::PutEntry(id.clone(), key, encode_queued(d, clock)));
+    }
+    ops
+}
+
+/// Decodes a session record: a header ([`Layout::Header`], whose messages are entries of
+/// their own) or a whole session written by an older Petrel ([`Layout::Whole`]).
+pub fn decode_session(bytes: &[u8], clock: Clock) -> Result<(SessionRecord, Layout), RecordError> {
+    let (mut r, layout) = Reader::open_session(bytes)?;
     let client_id = r.string()?;
     let expiry_interval = r.u32()?;
     let mut session = Session::new(client_id, expiry_interval);
     session.expires_at = r.opt_u64()?.map(|t| clock.from_unix(t));
-    for _ in 0..r.count()? {
-        let packet_id = PacketId::new(r.u16()?).ok_or(RecordError::Invalid("packet id 0"))?;
-        let state = match r.u8()? {
-            0 => OutboundState::AwaitingPubAck,
-            1 => OutboundState::AwaitingPubRec,
-            2 => OutboundState::AwaitingPubComp,
-            _ => return Err(RecordError::Invalid("outbound state")),
-        };
-        let delivery = r.delivery(clock)?;
-        session.outbound.push_back(Outbound {
-            packet_id,
-            delivery,
-            state,
-        });
+    if layout == Layout::Whole {
+        for _ in 0..r.count()? {
+            let outbound = r.outbound(clock)?;
+            session.outbound.push_back(outbound);
+        }
     }
     for _ in 0..r.count()? {
         session.inbound_qos2.insert(r.u16()?);
     }
-    for _ in 0..r.count()? {
-        let delivery = r.delivery(clock)?;
-        session.queued_bytes += delivery.message.size();
-        session.queue.push_back(delivery);
+    if layout == Layout::Whole {
+        for _ in 0..r.count()? {
+            let delivery = r.delivery(clock)?;
+            session.queued_bytes += delivery.message.size();
+            session.queue.push_back(delivery);
+        }
     }
     session.dropped = DropCounters {
         qos0_buffer_full: r.u64()?,
@@ -215,11 +248,12 @@ pub fn decode_session(bytes: &[u8], clock: Clock) -> Result<SessionRecord, Recor
         _ => return Err(RecordError::Invalid("will flag")),
     };
     r.end()?;
-    Ok(SessionRecord {
+    let record = SessionRecord {
         session,
         subscriptions,
         pending_will,
-    })
+    };
+    Ok((record, layout))
 }
 
 /// Encodes a retained message.
@@ -231,7 +265,7 @@ pub fn encode_message(message: &Message, clock: Clock) -> Vec<u8> {
 
 /// Decodes a retained message.
 pub fn decode_message(bytes: &[u8], clock: Clock) -> Result<Message, RecordError> {
-    let mut r = Reader::open(bytes)?;
+    let mut r = Reader::open(bytes, Layout::Header)?;
     let message = r.message(clock)?;
     r.end()?;
     Ok(message)
@@ -240,7 +274,8 @@ pub fn decode_message(bytes: &[u8], clock: Clock) -> Result<Message, RecordError
 /// When a stored session would expire, as wall-clock microseconds, without decoding the
 /// whole record; `None` if it never expires or is attached (expiry unknown).
 pub fn session_expiry(bytes: &[u8]) -> Result<Option<u64>, RecordError> {
-    let mut r = Reader::open(bytes)?;
+    // Both layouts start the same way.
+    let (mut r, _) = Reader::open_session(bytes)?;
     r.string()?;
     r.u32()?;
     r.opt_u64()
@@ -333,6 +368,49 @@ impl Writer {
         }
     }
 
+    fn outbound(&mut self, o: &Outbound, clock: Clock) {
+        self.u16(o.packet_id.get());
+        self.u8(match o.state {
+            OutboundState::AwaitingPubAck => 0,
+            OutboundState::AwaitingPubRec => 1,
+            OutboundState::AwaitingPubComp => 2,
+        });
+        self.delivery(&o.delivery, clock);
+    }
+
+    fn drops(&mut self, d: &DropCounters) {
+        self.u64(d.qos0_buffer_full);
+        self.u64(d.queue_full);
+        self.u64(d.too_large);
+        self.u64(d.expired);
+    }
+
+    fn subscriptions(&mut self, subscriptions: &[StoredSubscription]) {
+        self.u32(len32(subscriptions.len()));
+        for sub in subscriptions {
+            self.str(&sub.filter);
+            let o = sub.options;
+            self.u8(o.qos as u8
+                | u8::from(o.no_local) << 2
+                | u8::from(o.retain_as_published) << 3
+                | (o.retain_handling as u8) << 4);
+            self.opt_u32(sub.identifier);
+        }
+    }
+
+    fn will(&mut self, will: Option<&(Instant, Will)>, clock: Clock) {
+        match will {
+            None => self.u8(0),
+            Some((at, will)) => {
+                self.u8(1);
+                self.u64(clock.to_unix(*at));
+                self.message(&will.message, clock);
+                self.u32(will.delay_interval);
+                self.opt_u32(will.message_expiry_interval);
+            }
+        }
+    }
+
     fn delivery(&mut self, d: &Delivery, clock: Clock) {
         self.message(&d.message, clock);
         self.u8(d.qos as u8 | u8::from(d.retain) << 2);
@@ -349,8 +427,28 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// Checks the version and the checksum, and positions after the version byte.
-    fn open(bytes: &'a [u8]) -> Result<Self, RecordError> {
+    /// Checks the checksum and the version, and positions after the version byte. A record
+    /// that is not a session's (an entry, a retained message) takes `Layout::Header`: its
+    /// encoding is the same in both versions, so a retained message written by version 1
+    /// is read too.
+    fn open(bytes: &'a [u8], layout: Layout) -> Result<Self, RecordError> {
+        let (reader, version) = Reader::checked(bytes)?;
+        match (layout, version) {
+            (_, FORMAT) | (Layout::Header, FORMAT_WHOLE) => Ok(reader),
+            (_, other) => Err(RecordError::Version(other)),
+        }
+    }
+
+    /// [`Reader::open`] for a session record, which says its layout by its version.
+    fn open_session(bytes: &'a [u8]) -> Result<(Self, Layout), RecordError> {
+        match Reader::checked(bytes)? {
+            (reader, FORMAT) => Ok((reader, Layout::Header)),
+            (reader, FORMAT_WHOLE) => Ok((reader, Layout::Whole)),
+            (_, other) => Err(RecordError::Version(other)),
+        }
+    }
+
+    fn checked(bytes: &'a [u8]) -> Result<(Self, u8), RecordError> {
         if bytes.len() < 5 {
             return Err(RecordError::Truncated);
         }
@@ -359,10 +457,7 @@ impl<'a> Reader<'a> {
         if crc32fast::hash(body) != crc {
             return Err(RecordError::Checksum);
         }
-        if body[0] != FORMAT {
-            return Err(RecordError::Version(body[0]));
-        }
-        Ok(Reader { buf: &body[1..] })
+        Ok((Reader { buf: &body[1..] }, body[0]))
     }
 
     fn end(&self) -> Result<(), RecordError> {
@@ -489,6 +584,22 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn outbound(&mut self, clock: Clock) -> Result<Outbound, RecordError> {
+        let packet_id = PacketId::new(self.u16()?).ok_or(RecordError::Invalid("packet id 0"))?;
+        let state = match self.u8()? {
+            0 => OutboundState::AwaitingPubAck,
+            1 => OutboundState::AwaitingPubRec,
+            2 => OutboundState::AwaitingPubComp,
+            _ => return Err(RecordError::Invalid("outbound state")),
+        };
+        let delivery = self.delivery(clock)?;
+        Ok(Outbound {
+            packet_id,
+            delivery,
+            state,
+        })
+    }
+
     fn delivery(&mut self, clock: Clock) -> Result<Delivery, RecordError> {
         let message = Arc::new(self.message(clock)?);
         let (qos, retain) = self.qos_retain()?;
@@ -569,12 +680,62 @@ mod tests {
         }
     }
 
+    /// Decodes what [`session_ops`] wrote, the way `load` puts it together.
+    fn reassemble(ops: &[Op], clock: Clock) -> SessionRecord {
+        let Some(Op::PutSession(_, header)) = ops.first() else {
+            panic!("{ops:?}");
+        };
+        let (mut record, layout) = decode_session(header, clock).unwrap();
+        assert_eq!(layout, Layout::Header);
+        for op in &ops[1..] {
+            let Op::PutEntry(_, key, value) = op else {
+                panic!("{op:?}");
+            };
+            match key.kind {
+                EntryKind::Outbound => {
+                    let outbound = decode_outbound(value, clock).unwrap();
+                    record.session.outbound.push_back(outbound);
+                }
+                EntryKind::Queued => {
+                    let delivery = decode_queued(value, clock).unwrap();
+                    record.session.queued_bytes += delivery.message.size();
+                    record.session.queue.push_back(delivery);
+                }
+            }
+        }
+        record
+    }
+
     #[test]
-    fn a_session_round_trips() {
+    fn a_session_round_trips_as_a_header_and_entries() {
         let clock = Clock::new(1_700_000_000_000_000);
         let record = sample_record();
-        let bytes = encode_session(&record, clock);
-        assert_eq!(decode_session(&bytes, clock).unwrap(), record);
+        let ops = session_ops(record.view(), clock);
+        assert_eq!(ops.len(), 3, "a header, one in flight, one queued");
+        assert_eq!(reassemble(&ops, clock), record);
+        let Op::PutSession(_, header) = &ops[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            session_expiry(header).unwrap(),
+            Some(clock.to_unix(Instant::from_secs(50)))
+        );
+    }
+
+    /// A whole-session record as Petrel wrote it before per-message entries (format 1),
+    /// encoded from `sample_record` at the clock below.
+    const WHOLE_V1: &str = "0108000000636c69656e742d31100e0000018030191b240a06000100000009000203000000612f62070000007061796c6f61640602010021141e240a0600010a000000746578742f706c61696e010a0000007265706c792f686572650102000000000101000000010000006b0100000076010100000007000000010c0000002473686172652f672f612f23020000000300ffff0100000003000000612f62070000007061796c6f61640602010021141e240a0600010a000000746578742f706c61696e010a0000007265706c792f686572650102000000000101000000010000006b0100000076010100000007000000010c0000002473686172652f672f612f2300000000000000000400000000000000000000000000000000000000000000000100000003000000612f232e01070000000100c7b11b240a06000600000077696c6c2f7403000000627965000000000000000000001e000000010a00000079d80101";
+
+    #[test]
+    fn a_whole_session_record_of_format_1_still_decodes() {
+        let clock = Clock::new(1_700_000_000_000_000);
+        let bytes: Vec<u8> = (0..WHOLE_V1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&WHOLE_V1[i..i + 2], 16).unwrap())
+            .collect();
+        let (record, layout) = decode_session(&bytes, clock).unwrap();
+        assert_eq!(layout, Layout::Whole);
+        assert_eq!(record, sample_record());
         assert_eq!(
             session_expiry(&bytes).unwrap(),
             Some(clock.to_unix(Instant::from_secs(50)))
@@ -598,17 +759,27 @@ mod tests {
     #[test]
     fn every_damaged_byte_and_every_truncation_is_an_error() {
         let clock = Clock::new(0);
-        let bytes = encode_session(&sample_record(), clock);
-        for cut in 0..bytes.len() {
+        let record = sample_record();
+        let header = encode_session_header(record.view(), clock);
+        let entry = encode_outbound(&record.session.outbound[0], clock);
+        for cut in 0..header.len() {
             assert!(
-                decode_session(&bytes[..cut], clock).is_err(),
+                decode_session(&header[..cut], clock).is_err(),
                 "cut at {cut}"
             );
         }
-        for i in 0..bytes.len() {
-            let mut damaged = bytes.clone();
+        for i in 0..header.len() {
+            let mut damaged = header.clone();
             damaged[i] ^= 0x40;
             assert!(decode_session(&damaged, clock).is_err(), "byte {i}");
+        }
+        for cut in 0..entry.len() {
+            assert!(decode_outbound(&entry[..cut], clock).is_err(), "cut {cut}");
+        }
+        for i in 0..entry.len() {
+            let mut damaged = entry.clone();
+            damaged[i] ^= 0x40;
+            assert!(decode_outbound(&damaged, clock).is_err(), "byte {i}");
         }
     }
 }

@@ -1,21 +1,28 @@
-//! The Redis store, for users who already run Redis: two hashes, `{prefix}:sessions`
-//! (client identifier → record) and `{prefix}:retained` (topic → message). A batch is one
-//! `MULTI`/`EXEC` transaction; it is as durable as the server's own settings make it
-//! (`appendonly yes` with `appendfsync always` for Petrel's full guarantee).
+//! The Redis store, for users who already run Redis: `{prefix}:sessions` (client identifier
+//! → header record) and `{prefix}:retained` (topic → message) are hashes, and each session's
+//! messages in flight and queued are fields of its own hash `{prefix}:entries:{client
+//! identifier}` (field: [`EntryKey::to_bytes`]), so that deleting a session is one `DEL`.
+//! A batch is one `MULTI`/`EXEC` transaction; it is as durable as the server's own settings
+//! make it (`appendonly yes` with `appendfsync always` for Petrel's full guarantee).
 
 use redis::{Client, Connection};
 
-use crate::backend::{Backend, Op, RawState, StoreError};
+use crate::backend::{Backend, EntryKey, Op, RawState, StoreError};
 
 /// Keys are read back in pages of this many fields, so a large store does not arrive as one
 /// reply.
 const SCAN_PAGE: usize = 10_000;
+
+/// Sessions whose entries are read back in one pipeline at start-up.
+const ENTRIES_PIPELINE: usize = 1_000;
 
 /// A connection to a Redis server holding sessions and retained messages.
 pub struct RedisStore {
     url: String,
     sessions_key: String,
     retained_key: String,
+    /// `{prefix}:entries:`, followed by a client identifier.
+    entries_key: String,
     connection: Connection,
 }
 
@@ -41,6 +48,7 @@ impl RedisStore {
             url: url.to_string(),
             sessions_key: format!("{prefix}:sessions"),
             retained_key: format!("{prefix}:retained"),
+            entries_key: format!("{prefix}:entries:"),
             connection,
         })
     }
@@ -50,6 +58,40 @@ impl RedisStore {
             location: self.url.clone(),
             message: e.to_string(),
         }
+    }
+
+    fn entries_of(&self, session: &str) -> String {
+        format!("{}{session}", self.entries_key)
+    }
+
+    /// The entries of every session in `sessions`, a pipeline of `HGETALL`s at a time.
+    fn read_entries(
+        &mut self,
+        sessions: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, EntryKey, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in sessions.chunks(ENTRIES_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (session, _) in chunk {
+                pipe.hgetall(self.entries_of(session));
+            }
+            let replies: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pipe
+                .query(&mut self.connection)
+                .map_err(|e| self.error(e))?;
+            for ((session, _), fields) in chunk.iter().zip(replies) {
+                for (field, value) in fields {
+                    let entry =
+                        EntryKey::from_bytes(&field).ok_or_else(|| StoreError::Backend {
+                            location: self.url.clone(),
+                            message: format!(
+                                "an entry field of session {session:?} is malformed: {field:?}"
+                            ),
+                        })?;
+                    out.push((session.clone(), entry, value));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn read_hash(&mut self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -91,7 +133,16 @@ impl Backend for RedisStore {
         for op in ops {
             match op {
                 Op::PutSession(key, value) => pipe.hset(&self.sessions_key, key, value),
-                Op::DeleteSession(key) => pipe.hdel(&self.sessions_key, key),
+                Op::DeleteSession(key) => pipe
+                    .hdel(&self.sessions_key, key)
+                    .ignore()
+                    .del(self.entries_of(key)),
+                Op::PutEntry(session, entry, value) => {
+                    pipe.hset(self.entries_of(session), &entry.to_bytes()[..], value)
+                }
+                Op::DeleteEntry(session, entry) => {
+                    pipe.hdel(self.entries_of(session), &entry.to_bytes()[..])
+                }
                 Op::PutRetained(key, value) => pipe.hset(&self.retained_key, key, value),
                 Op::DeleteRetained(key) => pipe.hdel(&self.retained_key, key),
             }
@@ -104,8 +155,13 @@ impl Backend for RedisStore {
     fn load(&mut self) -> Result<RawState, StoreError> {
         let sessions_key = self.sessions_key.clone();
         let retained_key = self.retained_key.clone();
+        let sessions = self.read_hash(&sessions_key)?;
+        // A session's entries hash is written and deleted with its header in one
+        // transaction, so only the sessions found have entries to read.
+        let entries = self.read_entries(&sessions)?;
         Ok(RawState {
-            sessions: self.read_hash(&sessions_key)?,
+            sessions,
+            entries,
             retained: self.read_hash(&retained_key)?,
         })
     }

@@ -37,13 +37,13 @@ fn committed_state_comes_back_after_reopening() {
     .unwrap();
     let mut shard0 = committer.shard(0);
     let mut shard1 = committer.shard(1);
-    shard0.save_session(&session("a", 3600));
+    shard0.save_session(session("a", 3600).view());
     let mut retained = Message::new("status", &b"up"[..]);
     retained.retain = true;
     shard0.set_retained("status", Some(&Arc::new(retained.clone())));
     assert_eq!(shard0.commit(), Durability::Pending(1));
-    shard1.save_session(&session("b", 3600));
-    shard1.save_session(&session("gone", 3600));
+    shard1.save_session(session("b", 3600).view());
+    shard1.save_session(session("gone", 3600).view());
     assert_eq!(shard1.commit(), Durability::Pending(1));
     shard1.delete_session("gone");
     assert_eq!(shard1.commit(), Durability::Pending(2));
@@ -89,7 +89,7 @@ fn a_linked_batch_waits_for_the_other_shards_link_and_commits_with_its_batches()
     let mut subscriber = committer.shard(1);
     let linker = subscriber.linker().unwrap();
     // The publisher's input stored its marker and forwarded the message to shard 1.
-    publisher.save_session(&session("publisher", 3600));
+    publisher.save_session(session("publisher", 3600).view());
     assert_eq!(publisher.commit_forwarding(&[1]), Durability::Pending(1));
     assert_eq!(publisher.tokens().take_linked(), vec![(1, vec![1])]);
     assert!(publisher.tokens().take_linked().is_empty());
@@ -98,7 +98,7 @@ fn a_linked_batch_waits_for_the_other_shards_link_and_commits_with_its_batches()
         "long past the window, the batch waits for shard 1"
     );
     // Shard 1 stores its copy, then its fence from shard 0 arrives.
-    subscriber.save_session(&session("subscriber", 3600));
+    subscriber.save_session(session("subscriber", 3600).view());
     assert_eq!(subscriber.commit(), Durability::Pending(1));
     linker.link(0, 1);
     let mut seen = [0u64; 2];
@@ -134,13 +134,14 @@ fn expired_sessions_and_messages_are_removed_from_disk() {
     store
         .apply(
             &[
-                Op::PutSession(
-                    String::from("expired"),
-                    record::encode_session(&expired, clock),
-                ),
-                Op::PutSession(String::from("alive"), record::encode_session(&alive, clock)),
-                Op::PutRetained(String::from("old"), record::encode_message(&old, clock)),
-            ],
+                record::session_ops(expired.view(), clock),
+                record::session_ops(alive.view(), clock),
+                vec![Op::PutRetained(
+                    String::from("old"),
+                    record::encode_message(&old, clock),
+                )],
+            ]
+            .concat(),
             true,
         )
         .unwrap();
@@ -150,6 +151,7 @@ fn expired_sessions_and_messages_are_removed_from_disk() {
     assert_eq!(loaded.state.sessions.len(), 1);
     let raw = store.load().unwrap();
     assert_eq!(raw.sessions.len(), 1, "the expired session left the disk");
+    assert_eq!(raw.entries.len(), 2, "and its entries with it");
     assert!(raw.retained.is_empty(), "the expired message left the disk");
 }
 
@@ -159,7 +161,8 @@ fn a_damaged_record_is_refused_by_name() {
     let dir = Scratch::new("damaged");
     let clock = clock();
     let mut store = EmbeddedStore::open(&dir.0).unwrap();
-    let mut bytes = petrel_store::record::encode_session(&session("victim", 60), clock);
+    let mut bytes =
+        petrel_store::record::encode_session_header(session("victim", 60).view(), clock);
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     store
@@ -184,10 +187,9 @@ fn a_truncated_file_is_refused_not_replaced() {
         use petrel_store::{Backend, Op};
         let clock = clock();
         let ops: Vec<Op> = (0..200)
-            .map(|i| {
+            .flat_map(|i| {
                 let id = format!("client-{i}");
-                let record = petrel_store::record::encode_session(&session(&id, 60), clock);
-                Op::PutSession(id, record)
+                petrel_store::record::session_ops(session(&id, 60).view(), clock)
             })
             .collect();
         store.apply(&ops, true).unwrap();
@@ -210,4 +212,77 @@ fn a_truncated_file_is_refused_not_replaced() {
         len / 3,
         "the damaged file is left as it was, for inspection"
     );
+}
+
+#[test]
+fn a_session_saved_change_by_change_comes_back_exactly_and_a_change_writes_one_entry() {
+    let dir = Scratch::new("churn");
+    common::churn(|| Box::new(EmbeddedStore::open(&dir.0).unwrap()));
+}
+
+#[cfg(feature = "fjall")]
+#[test]
+fn the_fjall_store_keeps_sessions_change_by_change_too() {
+    let dir = Scratch::new("churn-fjall");
+    common::churn(|| Box::new(petrel_store::FjallStore::open(&dir.0).unwrap()));
+}
+
+/// A whole-session record as Petrel wrote it before per-message entries (record format 1),
+/// of `common::session("old", 3600)` with no will: the layout a store of an older Petrel
+/// holds.
+fn whole_v1() -> Vec<u8> {
+    let record = session("old", 3600);
+    let s = &record.session;
+    let mut out = vec![1u8];
+    let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let delivery = |out: &mut Vec<u8>, d: &petrel_state::server::Delivery| {
+        let m = &d.message;
+        put(out, m.topic.as_bytes());
+        put(out, &m.payload);
+        // QoS and retain; payload format; expiry; content type; response topic;
+        // correlation data; user properties.
+        out.extend_from_slice(&[m.qos as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&[d.qos as u8, 0, 0, 0, 0, 0]);
+    };
+    put(&mut out, s.client_id.as_bytes());
+    out.extend_from_slice(&3600u32.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.push(1);
+    delivery(&mut out, &s.outbound[0].delivery);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&42u16.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    delivery(&mut out, &s.queue[0]);
+    out.extend_from_slice(&[0; 32]);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    put(&mut out, b"sensors/#");
+    out.extend_from_slice(&[2, 0, 0]);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[test]
+fn a_store_of_whole_session_records_is_migrated_to_entries() {
+    use petrel_store::{Backend, Op};
+    let dir = Scratch::new("migrate");
+    let clock = clock();
+    let mut store = EmbeddedStore::open(&dir.0).unwrap();
+    store
+        .apply(&[Op::PutSession(String::from("old"), whole_v1())], true)
+        .unwrap();
+    let loaded = load(&mut store, clock).unwrap();
+    assert_eq!(loaded.migrated_sessions, 1);
+    assert_eq!(loaded.state.sessions, [session("old", 3600)]);
+    let raw = store.load().unwrap();
+    assert_eq!(raw.entries.len(), 2, "one in flight, one queued");
+    assert_eq!(raw.sessions[0].1[0], 2, "the header is of format 2");
+    let again = load(&mut store, clock).unwrap();
+    assert_eq!(again.migrated_sessions, 0);
+    assert_eq!(again.state.sessions, [session("old", 3600)]);
 }

@@ -104,7 +104,7 @@ fn committed_state_survives_a_killed_redis() {
     .unwrap();
     let mut shard = committer.shard(0);
     for i in 0..50 {
-        shard.save_session(&session(&format!("client-{i}"), 3600));
+        shard.save_session(session(&format!("client-{i}"), 3600).view());
     }
     let mut retained = Message::new("status", &b"up"[..]);
     retained.retain = true;
@@ -139,4 +139,12 @@ fn an_unreachable_server_is_an_error_naming_it() {
     let port = free_port();
     let err = RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "petrel").unwrap_err();
     assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+#[test]
+fn a_session_saved_change_by_change_comes_back_exactly_from_redis() {
+    let dir = Scratch::new("redis-churn");
+    let redis = RedisServer::start(&dir.0, free_port());
+    let url = redis.url();
+    common::churn(|| Box::new(RedisStore::open(&url, "churn").unwrap()));
 }

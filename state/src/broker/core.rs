@@ -27,7 +27,9 @@ use super::limits::{ClientLimits, TokenBucket};
 use super::pipeline::{Offer, Pipeline, PipelineTicket};
 use super::retained_tree::TopicTree;
 use super::shard::{owner_shard, ShardMessage};
-use super::storage::{Durability, SessionRecord, Storage, StoredState, StoredSubscription};
+use super::storage::{
+    Durability, NoStorage, SessionRecord, SessionView, Storage, StoredState, StoredSubscription,
+};
 use super::trie::SubscriptionTrie;
 
 pub(super) mod admin;
@@ -2027,21 +2029,25 @@ impl Broker {
     // End of an input: the store, acknowledgements, readiness, timers
 
     fn record_of(&self, key: SessionKey) -> Option<SessionRecord> {
+        self.view_of(key).map(|view| view.to_record())
+    }
+
+    fn view_of(&self, key: SessionKey) -> Option<SessionView<'_>> {
         let entry = self.sessions.get(key as usize)?.as_ref()?;
-        let session = match entry.connection {
-            Some(id) => self.conn(id)?.conn.session()?.clone(),
-            None => {
-                // The deadline lives in the entry while detached; the store needs it to
-                // drop the session if it expires while the broker is down.
-                let mut session = Session::clone(entry.detached.as_deref()?);
-                session.expires_at = entry.expires_at;
-                session
+        let (session, expires_at) = match entry.connection {
+            Some(id) => {
+                let session = self.conn(id)?.conn.session()?;
+                (session, session.expires_at)
             }
+            // The deadline lives in the entry while detached; the store needs it to drop
+            // the session if it expires while the broker is down.
+            None => (entry.detached.as_deref()?, entry.expires_at),
         };
-        Some(SessionRecord {
+        Some(SessionView {
             session,
-            subscriptions: entry.subscriptions.iter().cloned().collect(),
-            pending_will: entry.pending_will.as_deref().cloned(),
+            expires_at,
+            subscriptions: &entry.subscriptions.0,
+            pending_will: entry.pending_will.as_deref(),
         })
     }
 
@@ -2087,8 +2093,12 @@ impl Broker {
                     }
                     continue;
                 }
-                if let Some(record) = self.record_of(key) {
-                    self.storage.save_session(&record);
+                // The store is handed a view that borrows the broker, so it is taken out
+                // for the call (a `NoStorage` box does not allocate).
+                let mut storage = core::mem::replace(&mut self.storage, Box::new(NoStorage));
+                let saved = self.view_of(key).map(|view| storage.save_session(view));
+                self.storage = storage;
+                if saved.is_some() {
                     if let Some(entry) = self.sessions[key as usize].as_mut() {
                         entry.stored = true;
                     }

@@ -44,5 +44,6 @@ pub use hooks::{
 pub use pipeline::{Offer, Pipeline, PipelineTicket};
 pub use shard::{owner_shard, ShardMessage};
 pub use storage::{
-    Durability, MemoryStorage, NoStorage, SessionRecord, Storage, StoredState, StoredSubscription,
+    Durability, MemoryStorage, NoStorage, SessionRecord, SessionView, Storage, StoredState,
+    StoredSubscription,
 };

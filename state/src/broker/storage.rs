@@ -49,6 +49,47 @@ pub struct SessionRecord {
     pub pending_will: Option<(Instant, Will)>,
 }
 
+impl SessionRecord {
+    /// The record, borrowed as the broker hands it to a store.
+    pub fn view(&self) -> SessionView<'_> {
+        SessionView {
+            session: &self.session,
+            expires_at: self.session.expires_at,
+            subscriptions: &self.subscriptions,
+            pending_will: self.pending_will.as_ref(),
+        }
+    }
+}
+
+/// A session as the broker holds it, borrowed for [`Storage::save_session`]: a store that
+/// writes only what changed since its last save need not be handed (and the broker need
+/// not clone) the whole in-flight window and queue on every change.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView<'a> {
+    /// The session: in-flight state both ways, queued messages. Its own `expires_at` is not
+    /// read; [`SessionView::expires_at`] is.
+    pub session: &'a Session,
+    /// When the session expires (the broker keeps it outside the session while detached).
+    pub expires_at: Option<Instant>,
+    /// Its subscriptions.
+    pub subscriptions: &'a [StoredSubscription],
+    /// A will waiting for its delay to pass: when, and what.
+    pub pending_will: Option<&'a (Instant, Will)>,
+}
+
+impl SessionView<'_> {
+    /// An owned copy, as a store that keeps whole records holds it.
+    pub fn to_record(&self) -> SessionRecord {
+        let mut session = self.session.clone();
+        session.expires_at = self.expires_at;
+        SessionRecord {
+            session,
+            subscriptions: self.subscriptions.to_vec(),
+            pending_will: self.pending_will.cloned(),
+        }
+    }
+}
+
 /// What a store gives back at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredState {
@@ -67,7 +108,7 @@ pub trait Storage {
     }
 
     /// Saves the whole state of a persistent session, replacing the previous record.
-    fn save_session(&mut self, record: &SessionRecord);
+    fn save_session(&mut self, session: SessionView<'_>);
 
     /// Forgets a session (it ended or expired).
     fn delete_session(&mut self, client_id: &str);
@@ -98,7 +139,7 @@ impl Storage for NoStorage {
     fn keeps_sessions(&self) -> bool {
         false
     }
-    fn save_session(&mut self, _record: &SessionRecord) {}
+    fn save_session(&mut self, _session: SessionView<'_>) {}
     fn delete_session(&mut self, _client_id: &str) {}
     fn set_retained(&mut self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn commit(&mut self) -> Durability {
@@ -141,9 +182,9 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn save_session(&mut self, record: &SessionRecord) {
+    fn save_session(&mut self, session: SessionView<'_>) {
         self.sessions
-            .insert(record.session.client_id.clone(), record.clone());
+            .insert(session.session.client_id.clone(), session.to_record());
     }
 
     fn delete_session(&mut self, client_id: &str) {

@@ -19,7 +19,7 @@ use petrel_codec::{
 };
 use petrel_state::broker::{
     owner_shard, AllowAll, Broker, BrokerConfig, ConnectionId, Durability, MemoryStorage,
-    SessionRecord, ShardMessage, Storage,
+    SessionView, ShardMessage, Storage,
 };
 use petrel_state::client::{Client, ClientError, ClientEvent, ClientOptions, ConnectionState};
 use petrel_state::message::Message;
@@ -117,8 +117,8 @@ pub(crate) struct Summary {
 struct SharedStore(Rc<RefCell<MemoryStorage>>);
 
 impl Storage for SharedStore {
-    fn save_session(&mut self, record: &SessionRecord) {
-        self.0.borrow_mut().save_session(record)
+    fn save_session(&mut self, session: SessionView<'_>) {
+        self.0.borrow_mut().save_session(session)
     }
     fn delete_session(&mut self, client_id: &str) {
         self.0.borrow_mut().delete_session(client_id)
