@@ -8,7 +8,8 @@
 #     ROUNDS=1 DURATION=2s bash benches/compare/persistence.sh
 #
 # Environment: ROUNDS (3), DURATION (4s), WARMUP (1s), WORKERS (Petrel's workers, 0 = one
-# per core), OUT (target/compare-persistence/<time>).
+# per core), OUT (target/compare-persistence/<time>), BASELINE (another petrel binary, say
+# an older build, run on redb as the target `baseline-redb` for a before/after in one run).
 #
 # What the figures mean: Petrel acknowledges a QoS 1 PUBLISH only once the message (queued
 # for, or in flight to, a persistent subscriber) is on disk. mosquitto keeps everything in
@@ -40,6 +41,11 @@ SCENARIOS=(
     "pairs-qos1|pairs --pairs 8 --qos 1 --persistent"
 )
 TARGETS=(petrel-redb petrel-fjall mosquitto)
+BASELINE="${BASELINE:-}"
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { log "BASELINE=$BASELINE is not an executable"; exit 1; }
+    TARGETS+=(baseline-redb)
+fi
 
 PID=""
 stop() {
@@ -53,10 +59,12 @@ start() {
     rm -rf "$dir"
     mkdir -p "$dir/data"
     case "$target" in
-    petrel-redb | petrel-fjall)
+    petrel-redb | petrel-fjall | baseline-redb)
         printf '[store]\nkind = "%s"\nfsync = "always"\ncommit_window_ms = 2\n' \
-            "$([ "$target" = petrel-redb ] && echo embedded || echo fjall)" >"$dir/petrel.toml"
-        "$PETREL" --config "$dir/petrel.toml" --listen "127.0.0.1:$port" \
+            "$([ "$target" = petrel-fjall ] && echo fjall || echo embedded)" >"$dir/petrel.toml"
+        local binary="$PETREL"
+        [ "$target" = baseline-redb ] && binary="$BASELINE"
+        "$binary" --config "$dir/petrel.toml" --listen "127.0.0.1:$port" \
             --data-dir "$dir/data" --workers "$WORKERS" --log-level warn >"$dir/log" 2>&1 &
         ;;
     mosquitto)
@@ -113,8 +121,10 @@ def spread(name, target):
 def lost(name, target):
     return sum((r.get("delivered") or {}).get("lost") or 0 for r in runs.get((name, target), []))
 
-print("| scenario | " + " | ".join(targets) + " | petrel-redb / mosquitto | petrel-fjall / mosquitto | fjall / redb |")
-print("| --- |" + " ---: |" * (len(targets) + 3))
+baseline = "baseline-redb" in targets
+print("| scenario | " + " | ".join(targets) + " | petrel-redb / mosquitto | petrel-fjall / mosquitto | fjall / redb |"
+      + (" baseline-redb / mosquitto | petrel-redb / baseline-redb |" if baseline else ""))
+print("| --- |" + " ---: |" * (len(targets) + 3 + (2 if baseline else 0)))
 for name in sorted({n for n, _ in runs}):
     cells, med = [], {}
     for t in targets:
@@ -122,6 +132,7 @@ for name in sorted({n for n, _ in runs}):
         med[t] = s[0] if s else None
         cells.append(f"{s[0]:,.0f} msg/s ({s[1]:,.0f}–{s[2]:,.0f}), lost {lost(name, t)}" if s else "-")
     ratio = lambda a, b: f"{med[a] / med[b]:.2f}×" if med.get(a) and med.get(b) else "-"
-    print(f"| {name} | " + " | ".join(cells) + f" | {ratio('petrel-redb', 'mosquitto')} | {ratio('petrel-fjall', 'mosquitto')} | {ratio('petrel-fjall', 'petrel-redb')} |")
+    extra = f" {ratio('baseline-redb', 'mosquitto')} | {ratio('petrel-redb', 'baseline-redb')} |" if baseline else ""
+    print(f"| {name} | " + " | ".join(cells) + f" | {ratio('petrel-redb', 'mosquitto')} | {ratio('petrel-fjall', 'mosquitto')} | {ratio('petrel-fjall', 'petrel-redb')} |" + extra)
 PY
 log "done in ${ELAPSED}s; load average $LOAD_START / $LOAD_END; results in $OUT"

@@ -14,7 +14,7 @@ use petrel_store::{
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::shared::WorkerMessage;
@@ -203,6 +203,15 @@ impl CommitListener for InboxListener {
 
     fn failed(&mut self, error: &StoreError) {
         error!("store commit failed, retrying; acknowledgements wait: {error}");
+    }
+
+    fn waiting_for_links(&mut self, batches: &[(usize, u64)], waited: Duration) {
+        warn!(
+            ?batches,
+            waited_ms = waited.as_millis() as u64,
+            "store commit waits for other shards' links to these (shard, batch) pairs; \
+             every acknowledgement waits with it"
+        );
     }
 }
 

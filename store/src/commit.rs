@@ -36,7 +36,18 @@ pub trait CommitListener: Send {
     /// A commit failed; it is retried after a pause, and nothing it holds is acknowledged
     /// meanwhile.
     fn failed(&mut self, error: &StoreError);
+    /// A transaction has waited `waited` (past its window) for the links of these batches,
+    /// as `(shard, token)`, and every commit waits with it. Called every [`LINK_PATIENCE`]
+    /// while it lasts: a link should come within an inbox round trip, so this names the
+    /// batches and shards to look at when acknowledgements stall.
+    fn waiting_for_links(&mut self, batches: &[(usize, u64)], waited: Duration) {
+        let _ = (batches, waited);
+    }
 }
+
+/// How long a transaction waits for links before the listener hears of it, and again
+/// between reports.
+pub const LINK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What the shards send the committer, all through one channel: the items of one shard
 /// arrive in the order it sent them, and an item a shard sends after learning of another
@@ -163,6 +174,13 @@ impl Group {
     /// Whether no batch in the group waits for a link.
     fn complete(&self) -> bool {
         self.unlinked.is_empty()
+    }
+
+    /// The batches that wait for links, as `(shard, token)`, in order.
+    fn unlinked(&self) -> Vec<(usize, u64)> {
+        let mut batches: Vec<_> = self.unlinked.keys().copied().collect();
+        batches.sort_unstable();
+        batches
     }
 
     /// Within the window: whatever arrives joins.
@@ -292,10 +310,14 @@ fn run(
         while let Ok(item) = receiver.try_recv() {
             group.gather(item);
         }
+        let waiting_since = WallInstant::now();
         while open && !group.complete() {
-            match receiver.recv() {
+            match receiver.recv_timeout(LINK_PATIENCE) {
                 Ok(item) => group.close(item),
-                Err(_) => open = false,
+                Err(RecvTimeoutError::Timeout) => {
+                    listener.waiting_for_links(&group.unlinked(), waiting_since.elapsed());
+                }
+                Err(RecvTimeoutError::Disconnected) => open = false,
             }
         }
         if !open {
@@ -693,6 +715,77 @@ mod tests {
         let (ops, tokens) = group.take();
         assert_eq!(keys(&ops), ["0/1", "1/1", "0/2"]);
         assert_eq!(tokens, [2, 1]);
+    }
+
+    /// A backend that keeps nothing and fails nothing.
+    struct Nowhere;
+
+    impl Backend for Nowhere {
+        fn location(&self) -> String {
+            String::from("nowhere")
+        }
+        fn apply(&mut self, _ops: &[Op], _durable: bool) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn load(&mut self) -> Result<crate::RawState, StoreError> {
+            Ok(crate::RawState::default())
+        }
+    }
+
+    enum Heard {
+        Committed(usize, u64),
+        Waiting(Vec<(usize, u64)>),
+    }
+
+    struct Tell(mpsc::Sender<Heard>);
+
+    impl CommitListener for Tell {
+        fn committed(&mut self, shard: usize, token: u64) {
+            let _ = self.0.send(Heard::Committed(shard, token));
+        }
+        fn failed(&mut self, error: &StoreError) {
+            panic!("{error}");
+        }
+        fn waiting_for_links(&mut self, batches: &[(usize, u64)], _waited: Duration) {
+            let _ = self.0.send(Heard::Waiting(batches.to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_transaction_that_waits_for_a_link_is_reported_until_the_link_comes() {
+        let (tx, heard) = mpsc::channel();
+        let settings = CommitSettings {
+            window: Duration::from_millis(1),
+            durable: true,
+        };
+        let committer = Committer::start(
+            Box::new(Nowhere),
+            settings,
+            Clock::new(0),
+            Box::new(Tell(tx)),
+        )
+        .unwrap();
+        let mut publisher = committer.shard(0);
+        let subscriber = committer.shard(1);
+        publisher.delete_session("marker");
+        assert_eq!(publisher.commit_forwarding(&[1]), Durability::Pending(1));
+        let patience = LINK_PATIENCE * 3;
+        match heard.recv_timeout(patience).unwrap() {
+            Heard::Waiting(batches) => assert_eq!(batches, [(0, 1)]),
+            Heard::Committed(..) => panic!("committed without its link"),
+        }
+        subscriber.linker().unwrap().link(0, 1);
+        loop {
+            match heard.recv_timeout(patience).unwrap() {
+                Heard::Waiting(_) => continue,
+                Heard::Committed(shard, token) => {
+                    assert_eq!((shard, token), (0, 1));
+                    break;
+                }
+            }
+        }
+        drop((publisher, subscriber));
+        committer.finish();
     }
 
     #[test]
