@@ -213,6 +213,14 @@ impl CommitListener for InboxListener {
              every acknowledgement waits with it"
         );
     }
+
+    fn slow_commit(&mut self, ops: usize, took: Duration) {
+        warn!(
+            ops,
+            took_ms = took.as_millis() as u64,
+            "store commit was slow; the acknowledgements it holds waited for it"
+        );
+    }
 }
 
 /// One worker's view of durability: which of its store batches are durable, and which wait
@@ -301,6 +309,12 @@ impl Durable {
             linker,
             ..Durable::default()
         }
+    }
+
+    /// With a store, `(last released, last issued)` batch tokens; `None` without one.
+    pub(crate) fn backlog(&self) -> Option<(u64, u64)> {
+        self.tokens.as_ref()?;
+        Some((self.released, self.issued_token()))
     }
 
     fn issued_token(&self) -> u64 {

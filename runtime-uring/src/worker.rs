@@ -169,6 +169,9 @@ impl Worker {
             tokio_uring::spawn(self.clone().accept_unix(listener));
         }
         tokio_uring::spawn(self.clone().timer_loop());
+        if self.durable.borrow().backlog().is_some() {
+            tokio_uring::spawn(self.clone().durability_watchdog());
+        }
         if self.shared.config.sys.interval > 0 {
             tokio_uring::spawn(self.clone().sys_loop());
         }
@@ -545,6 +548,36 @@ impl Worker {
                     }
                 }
                 None => self.timer.notified().await,
+            }
+        }
+    }
+
+    /// With a store: once a second, if acknowledgements have waited on the same batch for
+    /// two seconds or more, says what they wait for. A batch is durable within a commit
+    /// window and an fsync or two; one that waits this long points at a missing link or
+    /// fence answer, and the log then holds this worker's side of it.
+    async fn durability_watchdog(self: Rc<Self>) {
+        let mut stuck_on = None;
+        let mut seconds = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let durable = self.durable.borrow();
+            let oldest = durable
+                .backlog()
+                .and_then(|(released, issued)| (issued > released).then_some(released + 1));
+            seconds = if oldest.is_some() && oldest == stuck_on {
+                seconds + 1
+            } else {
+                0
+            };
+            stuck_on = oldest;
+            if seconds >= 2 {
+                warn!(
+                    worker = self.index,
+                    seconds,
+                    state = ?*durable,
+                    "acknowledgements wait for a store batch that is not released"
+                );
             }
         }
     }

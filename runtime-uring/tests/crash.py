@@ -250,10 +250,20 @@ def run_seed(args, seed):
               + (" — OK" if not failures else " — FAILED"))
     finally:
         broker.stop()
+        broker.log.seek(0)
+        log = broker.log.read().decode(errors="replace")
+        # The broker warns when a commit waits over a second for links or for the disk, and
+        # when a worker's acknowledgements wait two seconds on one batch: shown even when
+        # the seed passes.
+        stalls = [line for line in log.splitlines()
+                  if "waits for other shards' links" in line
+                  or "acknowledgements wait for a store batch" in line
+                  or "store commit was slow" in line]
+        if stalls:
+            print(f"seed {seed}: {len(stalls)} store stall warnings, e.g.\n  "
+                  + "\n  ".join(stalls[:5]))
         if failures:
-            broker.log.seek(0)
-            tail = broker.log.read().decode(errors="replace")[-3000:]
-            failures.append(f"broker log (last run):\n{tail}")
+            failures.append(f"broker log (last run):\n{log[-3000:]}")
         shutil.rmtree(data_dir, ignore_errors=True)
     return failures
 

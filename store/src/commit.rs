@@ -43,6 +43,11 @@ pub trait CommitListener: Send {
     fn waiting_for_links(&mut self, batches: &[(usize, u64)], waited: Duration) {
         let _ = (batches, waited);
     }
+    /// Writing one transaction of `ops` changes took `took`, [`LINK_PATIENCE`] or more:
+    /// every acknowledgement it holds waited that long for the disk (or Redis).
+    fn slow_commit(&mut self, ops: usize, took: Duration) {
+        let _ = (ops, took);
+    }
 }
 
 /// How long a transaction waits for links before the listener hears of it, and again
@@ -152,9 +157,12 @@ struct Group {
     unlinked: HashMap<(usize, u64), usize>,
     /// Per shard: its batches up to this token must be in the group.
     needed: Vec<u64>,
-    /// Batches that arrived after the window and are not needed: the next group's start,
-    /// in the order they arrived.
-    later: VecDeque<Batch>,
+    /// Batches that arrived after the window and are not needed: the next group's start.
+    /// Per shard, each in its order, with the number of its arrival: a link pulls the
+    /// front of one shard's queue, and the next group takes them all in arrival order.
+    later: Vec<VecDeque<(u64, Batch)>>,
+    /// Batches put in `later` so far.
+    arrivals: u64,
     /// Links of batches in `later`: (shard, token) → (linking shard, upto).
     early: HashMap<(usize, u64), Vec<(usize, u64)>>,
 }
@@ -194,17 +202,41 @@ impl Group {
     /// After the window: a batch joins only if a link needs it.
     fn close(&mut self, item: Item) {
         match item {
-            Item::Batch(batch) => self.later.push_back(batch),
-            Item::Link(link) => self.link(link),
+            Item::Batch(batch) => {
+                let shard = batch.shard;
+                if self.later.len() <= shard {
+                    self.later.resize_with(shard + 1, VecDeque::new);
+                }
+                self.arrivals += 1;
+                self.later[shard].push_back((self.arrivals, batch));
+                if self.needs(shard) {
+                    self.pull();
+                }
+            }
+            Item::Link(link) => {
+                self.link(link);
+                self.pull();
+            }
         }
-        self.pull();
     }
 
-    /// Starts the next group with what waited for it.
+    /// Starts the next group with what waited for it, in the order it arrived.
     fn resume(&mut self) {
-        for batch in std::mem::take(&mut self.later) {
+        let mut waiting: Vec<(u64, Batch)> =
+            self.later.iter_mut().flat_map(std::mem::take).collect();
+        waiting.sort_unstable_by_key(|(arrival, _)| *arrival);
+        for (_, batch) in waiting {
             self.join(batch);
         }
+    }
+
+    /// Whether the oldest batch of `shard` that waits is one a link needs.
+    fn needs(&self, shard: usize) -> bool {
+        let upto = self.needed.get(shard).copied().unwrap_or(0);
+        self.later
+            .get(shard)
+            .and_then(VecDeque::front)
+            .is_some_and(|(_, batch)| batch.token <= upto)
     }
 
     fn join(&mut self, batch: Batch) {
@@ -249,21 +281,18 @@ impl Group {
     /// that every batch up to it is durable.
     fn pull(&mut self) {
         loop {
-            let needed = &self.needed;
-            let (join, wait): (VecDeque<Batch>, VecDeque<Batch>) = std::mem::take(&mut self.later)
-                .into_iter()
-                .partition(|batch| {
-                    needed
-                        .get(batch.shard)
-                        .is_some_and(|&upto| batch.token <= upto)
-                });
-            self.later = wait;
-            if join.is_empty() {
-                return;
+            let mut joined = false;
+            for shard in 0..self.later.len() {
+                while self.needs(shard) {
+                    if let Some((_, batch)) = self.later[shard].pop_front() {
+                        // A batch that joins may be linked itself, and need more.
+                        self.join(batch);
+                        joined = true;
+                    }
+                }
             }
-            // A batch that joins may be linked itself, and need more.
-            for batch in join {
-                self.join(batch);
+            if !joined {
+                return;
             }
         }
     }
@@ -326,6 +355,7 @@ fn run(
         }
         let (ops, tokens) = group.take();
         // A group of batches with nothing to write makes nothing more durable.
+        let writing = WallInstant::now();
         while !ops.is_empty() {
             match backend.apply(&ops, settings.durable) {
                 Ok(()) => break,
@@ -334,6 +364,10 @@ fn run(
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
+        }
+        let took = writing.elapsed();
+        if took >= LINK_PATIENCE {
+            listener.slow_commit(ops.len(), took);
         }
         for (shard, token) in tokens.into_iter().enumerate() {
             if token > 0 {
