@@ -260,8 +260,11 @@ def run_seed(args, seed):
                   or "acknowledgements wait for a store batch" in line
                   or "store commit was slow" in line]
         if stalls:
+            kinds = {}
+            for line in stalls:
+                kinds.setdefault(line.split("WARN", 1)[-1][:60], []).append(line)
             print(f"seed {seed}: {len(stalls)} store stall warnings, e.g.\n  "
-                  + "\n  ".join(stalls[:5]))
+                  + "\n  ".join(line for lines in kinds.values() for line in lines[:3]))
         if failures:
             failures.append(f"broker log (last run):\n{log[-3000:]}")
         shutil.rmtree(data_dir, ignore_errors=True)
