@@ -751,6 +751,62 @@ mod tests {
         assert_eq!(tokens, [2, 1]);
     }
 
+    /// What `sync` asked for: `(seq, Some(item))` puts, `(seq, None)` deletes.
+    fn synced(
+        written: &mut VecDeque<(u64, char)>,
+        current: &str,
+        next_seq: &mut u64,
+    ) -> Vec<(u64, Option<char>)> {
+        let current: VecDeque<char> = current.chars().collect();
+        let mut writes = Vec::new();
+        let same = |a: &char, b: &char| a.eq_ignore_ascii_case(b);
+        sync(
+            written,
+            &current,
+            next_seq,
+            same,
+            |a, b| a == b,
+            |seq, item| {
+                writes.push((seq, item.copied()));
+            },
+        );
+        writes
+    }
+
+    #[test]
+    fn a_list_is_synced_by_its_changes_only() {
+        let mut written = VecDeque::new();
+        let mut next = 0;
+        assert_eq!(
+            synced(&mut written, "abc", &mut next),
+            [(0, Some('a')), (1, Some('b')), (2, Some('c'))]
+        );
+        // Taken from the front, appended at the back: one delete, one put.
+        assert_eq!(
+            synced(&mut written, "bcd", &mut next),
+            [(0, None), (3, Some('d'))]
+        );
+        // One removed from the middle, one changed in place (same item, new state).
+        assert_eq!(
+            synced(&mut written, "bD", &mut next),
+            [(2, None), (3, Some('D'))]
+        );
+        // Put back at the front: what follows gets fresh numbers, so the order holds.
+        assert_eq!(
+            synced(&mut written, "abD", &mut next),
+            [
+                (4, Some('a')),
+                (5, Some('b')),
+                (6, Some('D')),
+                (1, None),
+                (3, None)
+            ]
+        );
+        let order: Vec<_> = written.iter().map(|(seq, item)| (*seq, *item)).collect();
+        assert_eq!(order, [(4, 'a'), (5, 'b'), (6, 'D')]);
+        assert!(synced(&mut written, "abD", &mut next).is_empty());
+    }
+
     /// A backend that keeps nothing and fails nothing.
     struct Nowhere;
 
