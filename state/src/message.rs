@@ -95,6 +95,16 @@ pub(crate) fn share(frame: &Bytes, part: &[u8]) -> Bytes {
 }
 
 impl MessageProperties {
+    /// Whether there is nothing to forward: a 5.0 PUBLISH of the message has no property.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.expires_at.is_none()
+            && self.content_type.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+    }
+
     /// Takes the forwardable properties of a PUBLISH or will.
     pub fn from_properties(properties: &Properties<'_>, frame: &Bytes, now: Instant) -> Self {
         MessageProperties {

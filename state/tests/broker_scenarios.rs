@@ -1119,6 +1119,87 @@ fn two_shards_route_between_each_other() {
     assert_eq!(nets[1].broker.retained_count(), 1, "retained replicated");
 }
 
+#[test]
+fn a_shard_takes_a_batch_of_handovers_as_one_input() {
+    let shard = |index| Net {
+        broker: Broker::new(
+            BrokerConfig {
+                shard_index: index,
+                shard_count: 2,
+                ..BrokerConfig::default()
+            },
+            Box::new(petrel_state::broker::AllowAll),
+            Box::new(NoStorage),
+        ),
+        now: Instant::ZERO,
+    };
+    let on = |s: u16, prefix: &str| {
+        (0..)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|id| petrel_state::broker::owner_shard(id, 2) == s)
+            .unwrap()
+    };
+    let mut nets = [shard(0), shard(1)];
+    // Subscribers of both versions and every QoS on shard 1; each one's messages are encoded
+    // once per distinct encoding and shared.
+    let mut subs = Vec::new();
+    for (n, (version, granted)) in [
+        (V311, QoS::AtMostOnce),
+        (V5, QoS::AtMostOnce),
+        (V311, QoS::AtLeastOnce),
+        (V5, QoS::ExactlyOnce),
+        (V5, QoS::ExactlyOnce),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut sub = nets[1].connect(&on(1, &format!("sub{n}")), version);
+        nets[1].subscribe(&mut sub, "batch/#", qos(granted));
+        subs.push((sub, granted));
+    }
+    let interest: Vec<_> = std::iter::from_fn(|| nets[1].broker.poll_shard_message()).collect();
+    nets[0]
+        .broker
+        .handle_shard_messages(Instant::ZERO, interest.into_iter().map(|(_, m)| m));
+    let mut publisher = nets[0].connect(&on(0, "pub"), V5);
+    for n in 0..5u8 {
+        nets[0].publish(&mut publisher, "batch/x", &[n], QoS::ExactlyOnce, false);
+    }
+    let batch: Vec<ShardMessage> = std::iter::from_fn(|| nets[0].broker.poll_shard_message())
+        .map(|(target, message)| {
+            assert_eq!(target, 1);
+            message
+        })
+        .collect();
+    assert_eq!(batch.len(), 5);
+    // What connecting and subscribing made ready was taken directly; forget it.
+    while nets[1].broker.poll_ready().is_some() {}
+    nets[1].broker.handle_shard_messages(Instant::ZERO, batch);
+    // One input: every subscriber is ready once, with all five messages.
+    let mut ready = Vec::new();
+    while let Some(id) = nets[1].broker.poll_ready() {
+        ready.push(id);
+    }
+    assert_eq!(ready.len(), subs.len());
+    for (sub, granted) in &mut subs {
+        let got = nets[1].received(sub);
+        let payloads: Vec<_> = got.iter().map(|g| g.payload.clone()).collect();
+        assert_eq!(payloads, [[0], [1], [2], [3], [4]]);
+        assert!(got
+            .iter()
+            .all(|g| g.qos == *granted && g.topic == "batch/x"));
+        let ids: Vec<_> = got.iter().map(|g| g.packet_id).collect();
+        if *granted == QoS::AtMostOnce {
+            assert!(ids.iter().all(Option::is_none));
+        } else {
+            // Each delivery has its own identifier, though the bytes around it are shared.
+            let mut distinct = ids.clone();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 5, "{ids:?}");
+        }
+    }
+}
+
 /// The certificate subject and the user name a hook saw.
 type Seen = (Option<String>, Option<String>);
 

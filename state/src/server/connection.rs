@@ -609,6 +609,28 @@ impl ServerConnection {
     /// transmit buffer, or drops it (counted) when it cannot be sent: QoS 0 behind a full
     /// buffer, anything past the queue limits, larger than the client accepts, or expired.
     pub fn deliver(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+        self.deliver_shared(now, delivery, None)
+    }
+
+    /// [`deliver`](Self::deliver), taking the PUBLISH from `encoded` when another
+    /// connection already encoded the same bytes for this message (or leaving them there for
+    /// the next one): a message routed to many subscribers is encoded once per distinct
+    /// encoding, not once per subscriber.
+    pub fn deliver_encoded(
+        &mut self,
+        now: Instant,
+        delivery: Delivery,
+        encoded: &mut SharedPublish,
+    ) -> DeliveryOutcome {
+        self.deliver_shared(now, delivery, Some(encoded))
+    }
+
+    fn deliver_shared(
+        &mut self,
+        now: Instant,
+        delivery: Delivery,
+        encoded: Option<&mut SharedPublish>,
+    ) -> DeliveryOutcome {
         if self.state == State::Closed {
             // Closed, but the broker has not taken the session back yet: it is still handling
             // the events that came before the close (a client's own publish followed by
@@ -643,7 +665,7 @@ impl ServerConnection {
             }
             // A QoS 0 message queued while the client was away (`queue_qos0_offline`) and
             // still waiting behind the in-flight window goes out first [MQTT-4.6.0-6].
-            if session.queue.iter().any(|d| d.qos == QoS::AtMostOnce) {
+            if !session.queue.is_empty() && session.queue.iter().any(|d| d.qos == QoS::AtMostOnce) {
                 let limits = self.config.queue;
                 return if session.enqueue(delivery, &limits) {
                     DeliveryOutcome::Queued
@@ -651,7 +673,7 @@ impl ServerConnection {
                     DeliveryOutcome::Dropped(DropReason::QueueFull)
                 };
             }
-            return self.send_delivery(now, delivery);
+            return self.send_delivery(now, delivery, encoded);
         }
         let window_full = session.outbound.len() >= usize::from(self.client_receive_maximum);
         if buffer_full || window_full || !session.queue.is_empty() {
@@ -662,7 +684,7 @@ impl ServerConnection {
                 DeliveryOutcome::Dropped(DropReason::QueueFull)
             };
         }
-        self.send_delivery(now, delivery)
+        self.send_delivery(now, delivery, encoded)
     }
 
     /// Closes the connection from the server side with `reason` (for example 0x8E when a new
@@ -1210,12 +1232,17 @@ impl ServerConnection {
                 session.dropped.expired += 1;
                 continue;
             }
-            self.send_delivery(now, delivery);
+            self.send_delivery(now, delivery, None);
         }
     }
 
     /// Encodes a delivery: a packet identifier and an in-flight entry for QoS 1 and 2.
-    fn send_delivery(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+    fn send_delivery(
+        &mut self,
+        now: Instant,
+        delivery: Delivery,
+        encoded: Option<&mut SharedPublish>,
+    ) -> DeliveryOutcome {
         let Some(session) = self.session.as_mut() else {
             return DeliveryOutcome::NotConnected(delivery);
         };
@@ -1231,17 +1258,33 @@ impl ServerConnection {
             }
         };
         let alias = self.outbound_alias(&delivery.message.topic);
-        let sent = encode_publish(
-            &mut self.tx,
-            &mut self.stats,
-            self.version,
-            self.client_max_packet_size,
-            &delivery,
-            packet_id,
-            false,
-            alias,
-            now,
-        );
+        let sent = match encoded {
+            Some(shared) if alias.is_none() && is_plain(self.version, &delivery) => {
+                let sent = shared.write(
+                    &mut self.tx,
+                    self.version,
+                    self.client_max_packet_size,
+                    &delivery,
+                    packet_id,
+                );
+                if sent {
+                    self.stats.packets_sent += 1;
+                    self.stats.publishes_sent += 1;
+                }
+                sent
+            }
+            _ => encode_publish(
+                &mut self.tx,
+                &mut self.stats,
+                self.version,
+                self.client_max_packet_size,
+                &delivery,
+                packet_id,
+                false,
+                alias,
+                now,
+            ),
+        };
         let Some(session) = self.session.as_mut() else {
             return DeliveryOutcome::NotConnected(delivery);
         };
@@ -1376,10 +1419,7 @@ fn encode_publish(
     now: Instant,
 ) -> bool {
     let message = &delivery.message;
-    let plain = !version.is_v5()
-        || (alias.is_none()
-            && delivery.subscription_ids.is_empty()
-            && message.properties == MessageProperties::default());
+    let plain = !version.is_v5() || (alias.is_none() && is_plain(version, delivery));
     if plain {
         let sent = encode_plain_publish(tx, version, max_size, delivery, packet_id, dup);
         if sent {
@@ -1416,6 +1456,103 @@ fn encode_publish(
         stats.publishes_sent += 1;
     }
     sent
+}
+
+/// Whether the delivery's PUBLISH carries no properties (when no topic alias is added):
+/// every 3.1.1 one, and a 5.0 one without subscription identifiers or message properties.
+fn is_plain(version: ProtocolVersion, delivery: &Delivery) -> bool {
+    !version.is_v5()
+        || (delivery.subscription_ids.is_empty() && delivery.message.properties.is_empty())
+}
+
+/// PUBLISH packets encoded for one message, kept while it is routed so that every
+/// subscriber that gets the same bytes (same protocol version, QoS and RETAIN flag, no
+/// properties) shares one encoding: the broker copies it into each connection's buffer,
+/// patching in the packet identifier for QoS 1 and 2.
+///
+/// Holds the message it was filled for; a delivery of another message starts it afresh, so
+/// a stale encoding is never written.
+#[derive(Debug, Default)]
+pub struct SharedPublish {
+    message: Option<Arc<Message>>,
+    /// Each encoding, with the offset of its packet identifier (0 for QoS 0).
+    encodings: Vec<(bool, QoS, bool, BytesMut, usize)>,
+}
+
+impl SharedPublish {
+    /// Forgets the message and its encodings (keeping the room they took).
+    pub fn clear(&mut self) {
+        self.message = None;
+        self.encodings.clear();
+    }
+
+    /// Appends the delivery's PUBLISH to `tx`, encoding it only if no earlier delivery of
+    /// the same message needed the same bytes. `false` when it would exceed `max_size`.
+    fn write(
+        &mut self,
+        tx: &mut BytesMut,
+        version: ProtocolVersion,
+        max_size: u32,
+        delivery: &Delivery,
+        packet_id: Option<PacketId>,
+    ) -> bool {
+        if !self
+            .message
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &delivery.message))
+        {
+            self.message = Some(delivery.message.clone());
+            self.encodings.clear();
+        }
+        let key = (version.is_v5(), delivery.qos, delivery.retain);
+        let found = self
+            .encodings
+            .iter()
+            .position(|(v5, qos, retain, _, _)| (*v5, *qos, *retain) == key);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let mut bytes = BytesMut::new();
+                // The largest size: the check against the client's limit is made below.
+                // A placeholder identifier marks where each delivery's goes.
+                let placeholder = PacketId::new(1).filter(|_| delivery.qos != QoS::AtMostOnce);
+                if !encode_plain_publish(
+                    &mut bytes,
+                    version,
+                    u32::MAX,
+                    delivery,
+                    placeholder,
+                    false,
+                ) {
+                    return false;
+                }
+                // The identifier comes before the payload and, over 5.0, the empty
+                // property block's length byte.
+                let id_at = if placeholder.is_some() {
+                    bytes.len() - delivery.message.payload.len() - usize::from(key.0) - 2
+                } else {
+                    0
+                };
+                self.encodings.push((key.0, key.1, key.2, bytes, id_at));
+                self.encodings.len() - 1
+            }
+        };
+        let (_, _, _, bytes, id_at) = &self.encodings[index];
+        if bytes.len() > max_size as usize {
+            return false;
+        }
+        match packet_id {
+            Some(id) if *id_at > 0 => {
+                let (head, rest) = bytes.split_at(*id_at);
+                tx.reserve(bytes.len());
+                tx.extend_from_slice(head);
+                tx.extend_from_slice(&id.get().to_be_bytes());
+                tx.extend_from_slice(rest.get(2..).unwrap_or_default());
+            }
+            _ => tx.extend_from_slice(bytes),
+        }
+        true
+    }
 }
 
 /// Writes a PUBLISH that carries no properties (every 3.1.1 one, and a 5.0 one with an
@@ -1562,6 +1699,51 @@ mod tests {
             let mut limited = BytesMut::new();
             let fits = encode_plain_publish(&mut limited, version, max_size, &delivery, packet_id, dup);
             prop_assert_eq!(fits, expected.len() <= max_size as usize);
+        }
+
+        /// Deliveries of one message through a shared encoding, in any mix of versions,
+        /// QoS, RETAIN flags and packet identifiers (and then of another message), give each
+        /// the bytes of its own encoding, and refuse exactly the packets above each
+        /// client's size limit.
+        #[test]
+        fn shared_publish_gives_each_delivery_its_own_bytes(
+            topic in "[a-z/]{1,40}",
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            deliveries in proptest::collection::vec(
+                (any::<bool>(), 0u8..3, any::<bool>(), 1u16.., 0u32..400, any::<bool>()),
+                1..12,
+            ),
+        ) {
+            let first = Arc::new(Message::new(&topic.to_string(), payload.clone()));
+            let second = Arc::new(Message::new("other/topic", payload));
+            let mut shared = SharedPublish::default();
+            for (i, (v5, qos, retain, id, max_size, limited)) in deliveries.into_iter().enumerate() {
+                let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+                let qos = QoS::from_bits(qos).unwrap();
+                let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).unwrap());
+                let message = if i < 6 { &first } else { &second };
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: Vec::new(),
+                    shared_group: None,
+                };
+                let max_size = if limited { max_size } else { u32::MAX };
+                let expected = general(version, &delivery, packet_id, false);
+                // Bytes already in the buffer stay in front.
+                let mut tx = BytesMut::from(&b"ahead"[..]);
+                let sent = shared.write(&mut tx, version, max_size, &delivery, packet_id);
+                prop_assert_eq!(sent, expected.len() <= max_size as usize);
+                if sent {
+                    prop_assert_eq!(&tx[..5], b"ahead");
+                    prop_assert_eq!(&tx[5..], &expected[..]);
+                } else {
+                    prop_assert_eq!(&tx[..], b"ahead");
+                }
+            }
+            shared.clear();
+            prop_assert!(shared.message.is_none());
         }
     }
 }

@@ -11,7 +11,7 @@ mod session;
 
 pub use config::ServerConfig;
 pub use connection::{
-    CommandError, ConnectionStats, DeliveryOutcome, DropReason, ServerConnection,
+    CommandError, ConnectionStats, DeliveryOutcome, DropReason, ServerConnection, SharedPublish,
 };
 pub use events::{
     Accept, AuthRequest, CloseInfo, CloseInitiator, ConnectRequest, InboundPublish, ServerEvent,
