@@ -20,8 +20,10 @@ pub(crate) type AdminJob = Box<dyn FnOnce(&mut petrel_state::broker::Broker, Ins
 
 /// A message to a worker.
 pub(crate) enum WorkerMessage {
-    /// From another shard of the broker.
-    Shard(ShardMessage),
+    /// From another shard of the broker: everything one of its inputs had for this shard,
+    /// in order. One inbox message per input and target rather than per message: a read of
+    /// a hundred publishes is one hand-over, one wake-up and one input on the target.
+    Shard(Vec<ShardMessage>),
     /// A connection whose session this worker owns, with the bytes read so far.
     Connection {
         stream: Handover,

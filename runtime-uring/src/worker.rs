@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use petrel_codec::{Decoded, Decoder, Packet, ProtocolVersion};
-use petrel_state::broker::{owner_shard, Broker, BrokerConfig, ConnectionId, Storage, StoredState};
+use petrel_state::broker::{
+    owner_shard, Broker, BrokerConfig, ConnectionId, ShardMessage, Storage, StoredState,
+};
 use petrel_state::message::Message;
 use petrel_state::Instant;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -77,6 +79,8 @@ const MIN_READ: usize = 64;
 const ACCEPTS_IN_FLIGHT: usize = 4;
 /// The largest read buffer, reached by doubling while reads keep filling it.
 const MAX_READ: usize = 64 * 1024;
+/// The most inbox hand-overs from other shards handled as one input.
+const MAX_MERGED_HANDOVERS: usize = 64;
 
 pub(crate) struct Worker {
     index: usize,
@@ -148,11 +152,7 @@ impl Worker {
         let mut early = None;
         while let Ok(message) = inbox.try_recv() {
             match message {
-                WorkerMessage::Shard(message) => {
-                    let now = self.now();
-                    self.broker.borrow_mut().handle_shard_message(now, message);
-                    self.after_input();
-                }
+                WorkerMessage::Shard(messages) => self.shard_messages(messages),
                 other => {
                     early = Some(other);
                     break;
@@ -504,12 +504,22 @@ impl Worker {
         }
         // The shards whose store may hold what this input's acknowledgements wait for.
         let mut targets: Vec<usize> = Vec::new();
+        // One hand-over per target shard, carrying all this input had for it.
+        let mut batches: Vec<Vec<ShardMessage>> = Vec::new();
         while let Some((shard, message)) = broker.poll_shard_message() {
             let shard = usize::from(shard);
             if message.awaits_durability() && !targets.contains(&shard) {
                 targets.push(shard);
             }
-            self.shared.send(shard, WorkerMessage::Shard(message));
+            if batches.len() <= shard {
+                batches.resize_with(shard + 1, Vec::new);
+            }
+            batches[shard].push(message);
+        }
+        for (shard, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.shared.send(shard, WorkerMessage::Shard(batch));
+            }
         }
         for fence in self.durable.borrow_mut().forwarded(&targets) {
             let message = WorkerMessage::Fence {
@@ -615,10 +625,25 @@ impl Worker {
                 },
             };
             match message {
-                WorkerMessage::Shard(message) => {
-                    let now = self.now();
-                    self.broker.borrow_mut().handle_shard_message(now, message);
-                    self.after_input();
+                WorkerMessage::Shard(mut messages) => {
+                    // Hand-overs already waiting behind this one make one input with it: one
+                    // store commit and one round of writer wake-ups for all of them. Bounded,
+                    // so that a busy neighbour cannot keep this worker from its own sockets.
+                    let mut merged = 1;
+                    while merged < MAX_MERGED_HANDOVERS {
+                        match inbox.try_recv() {
+                            Ok(WorkerMessage::Shard(more)) => {
+                                messages.extend(more);
+                                merged += 1;
+                            }
+                            Ok(other) => {
+                                early = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.shard_messages(messages);
                 }
                 WorkerMessage::Connection {
                     stream,
@@ -700,6 +725,15 @@ impl Worker {
         self.after_input();
     }
 
+    /// Messages from other shards, handled as one input.
+    fn shard_messages(self: &Rc<Self>, messages: Vec<ShardMessage>) {
+        let now = self.now();
+        self.broker
+            .borrow_mut()
+            .handle_shard_messages(now, messages);
+        self.after_input();
+    }
+
     fn publish(self: &Rc<Self>, message: Message) {
         let now = self.now();
         self.broker.borrow_mut().publish(now, message);
@@ -721,11 +755,7 @@ impl Worker {
             while let Ok(message) = inbox.try_recv() {
                 match message {
                     WorkerMessage::Committed(upto) => self.committed(upto),
-                    WorkerMessage::Shard(message) => {
-                        let now = self.now();
-                        self.broker.borrow_mut().handle_shard_message(now, message);
-                        self.after_input();
-                    }
+                    WorkerMessage::Shard(messages) => self.shard_messages(messages),
                     WorkerMessage::Fence {
                         from,
                         token,
