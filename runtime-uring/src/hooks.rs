@@ -17,8 +17,11 @@ use crate::auth::{subject, AccessView};
 use crate::config::Anonymous;
 use crate::shared::Shared;
 
-/// An inline subscription of the embedding program.
+/// An inline subscription of the embedding program (or a bridge).
+#[derive(Clone)]
 pub(crate) struct Tap {
+    /// Names it for removal once its receiver is gone.
+    pub(crate) id: u64,
     pub(crate) filter: String,
     pub(crate) sender: Sender<Arc<Message>>,
 }
@@ -27,6 +30,9 @@ pub(crate) struct RuntimeHooks {
     shared: Arc<Shared>,
     user: Option<Box<dyn Hooks>>,
     access: AccessView,
+    /// This worker's copy of the taps, as of `tap_generation`.
+    taps: Arc<Vec<Tap>>,
+    tap_generation: u64,
 }
 
 impl RuntimeHooks {
@@ -37,20 +43,33 @@ impl RuntimeHooks {
             shared,
             user,
             access,
+            taps: Arc::new(Vec::new()),
+            tap_generation: 0,
         }
     }
 
-    fn tap(&self, message: &Message) {
-        if self.shared.tap_count.load(Ordering::Acquire) == 0 {
+    fn tap(&mut self, message: &Message) {
+        let generation = self.shared.tap_generation.load(Ordering::Acquire);
+        if generation != self.tap_generation {
+            self.taps = self.shared.taps();
+            self.tap_generation = generation;
+        }
+        if self.taps.is_empty() {
             return;
         }
-        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
-        let shared = Arc::new(message.clone());
-        // A tap whose receiver is gone is removed.
-        taps.retain(|tap| {
-            !matches(&tap.filter, &message.topic) || tap.sender.send(shared.clone()).is_ok()
-        });
-        self.shared.tap_count.store(taps.len(), Ordering::Release);
+        let mut shared: Option<Arc<Message>> = None;
+        let mut gone = Vec::new();
+        for tap in self.taps.iter() {
+            if matches(&tap.filter, &message.topic) {
+                let copy = shared.get_or_insert_with(|| Arc::new(message.clone()));
+                if tap.sender.send(copy.clone()).is_err() {
+                    gone.push(tap.id);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.shared.remove_taps(&gone);
+        }
     }
 }
 

@@ -54,7 +54,7 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -148,8 +148,8 @@ impl Server {
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             shards: Mutex::new(Vec::new()),
             inboxes,
-            taps: Mutex::new(Vec::new()),
-            tap_count: AtomicUsize::new(0),
+            taps: Mutex::new(shared::TapList::default()),
+            tap_generation: AtomicU64::new(0),
             hooks_factory: self.hooks,
             access,
             limits: shared_limits,
@@ -270,12 +270,7 @@ impl RunningServer {
     /// matches `filter`, for as long as the receiver lives.
     pub fn subscribe(&self, filter: &str) -> Receiver<Arc<Message>> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let mut taps = self.shared.taps.lock().unwrap_or_else(|e| e.into_inner());
-        taps.push(hooks::Tap {
-            filter: filter.to_string(),
-            sender,
-        });
-        self.shared.tap_count.store(taps.len(), Ordering::Release);
+        self.shared.add_taps([filter.to_string()], &sender);
         receiver
     }
 

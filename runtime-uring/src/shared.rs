@@ -1,6 +1,6 @@
 //! What the workers share: the configuration, counters, and each other's inboxes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use petrel_state::broker::ShardMessage;
@@ -58,6 +58,13 @@ pub(crate) enum WorkerMessage {
     Shutdown,
 }
 
+/// The inline subscriptions and the identifier of the next one.
+#[derive(Default)]
+pub(crate) struct TapList {
+    next_id: u64,
+    taps: Arc<Vec<Tap>>,
+}
+
 /// One worker's counters; `$SYS` reports their sums.
 ///
 /// One set per worker, each on cache lines of its own: the workers add to them on every
@@ -103,10 +110,12 @@ pub(crate) struct Shared {
     pub(crate) shards: Mutex<Vec<ShardFigures>>,
     /// Each worker's inbox, indexed by worker; fixed at start, so sending takes no lock.
     pub(crate) inboxes: Vec<UnboundedSender<WorkerMessage>>,
-    pub(crate) taps: Mutex<Vec<Tap>>,
-    /// How many taps there are: read on every publish, so that the lock on `taps` is taken
-    /// only when the embedding program asked for one.
-    pub(crate) tap_count: AtomicUsize,
+    /// The inline subscriptions, replaced as a whole when one comes or goes. A worker keeps
+    /// the list it last took and takes the lock again only when `tap_generation` moved, so
+    /// a publish takes no lock, with or without taps.
+    pub(crate) taps: Mutex<TapList>,
+    /// Moves on every change of `taps`; 0 while there has never been a tap.
+    pub(crate) tap_generation: AtomicU64,
     pub(crate) hooks_factory: Option<crate::HooksFactory>,
     pub(crate) access: Arc<crate::auth::Access>,
     pub(crate) limits: crate::limits::Limits,
@@ -137,6 +146,48 @@ impl Shared {
         if let Some(inbox) = self.inboxes.get(worker) {
             let _ = inbox.send(message);
         }
+    }
+
+    /// Adds inline subscriptions to `filters`, all sending to `sender`.
+    pub(crate) fn add_taps(
+        &self,
+        filters: impl IntoIterator<Item = String>,
+        sender: &std::sync::mpsc::Sender<Arc<Message>>,
+    ) {
+        let mut list = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taps: Vec<Tap> = list.taps.iter().cloned().collect();
+        for filter in filters {
+            list.next_id += 1;
+            taps.push(Tap {
+                id: list.next_id,
+                filter,
+                sender: sender.clone(),
+            });
+        }
+        list.taps = Arc::new(taps);
+        self.tap_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Removes the taps whose receiver is gone.
+    pub(crate) fn remove_taps(&self, gone: &[u64]) {
+        let mut list = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        let taps: Vec<Tap> = list
+            .taps
+            .iter()
+            .filter(|tap| !gone.contains(&tap.id))
+            .cloned()
+            .collect();
+        list.taps = Arc::new(taps);
+        self.tap_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current taps, for a worker whose copy is older than `tap_generation`.
+    pub(crate) fn taps(&self) -> Arc<Vec<Tap>> {
+        self.taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .taps
+            .clone()
     }
 
     pub(crate) fn uptime_secs(&self) -> u64 {

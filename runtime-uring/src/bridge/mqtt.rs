@@ -29,7 +29,6 @@ use tracing::{info, warn};
 pub use config::{BridgeTopic, Direction, MqttBridgeConfig, Protocol};
 use link::{Link, Progress};
 
-use crate::hooks::Tap;
 use crate::shared::{Shared, WorkerMessage};
 
 /// How long a TCP connection to the remote broker may take.
@@ -136,16 +135,10 @@ fn tap(shared: &Shared, config: &MqttBridgeConfig) -> UnboundedReceiver<Arc<Mess
         return from_taps;
     }
     let (sender, receiver) = std::sync::mpsc::channel();
-    {
-        let mut taps = shared.taps.lock().unwrap_or_else(|e| e.into_inner());
-        for topic in outward {
-            taps.push(Tap {
-                filter: topic.local_filter().to_string(),
-                sender: sender.clone(),
-            });
-        }
-        shared.tap_count.store(taps.len(), Ordering::Release);
-    }
+    shared.add_taps(
+        outward.iter().map(|topic| topic.local_filter().to_string()),
+        &sender,
+    );
     let spawned = std::thread::Builder::new()
         .name(format!("petrel-bridge-{}", config.name))
         .spawn(move || {
