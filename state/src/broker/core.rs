@@ -303,6 +303,8 @@ pub struct Broker {
     scratch: Vec<(SessionKey, SubscriptionSpec)>,
     /// The PUBLISH encodings of the message being routed, shared by its deliveries.
     encoded: SharedPublish,
+    /// The message being routed goes to more than one session: share its encodings.
+    share_encoding: bool,
     /// The shards an input forwarded acknowledged messages to, kept to reuse its allocation.
     forwarded_to: Vec<u16>,
     /// The hooks observe every packet ([`Hooks::observes_packets`]).
@@ -362,6 +364,7 @@ impl Broker {
             next_assigned_id: 0,
             scratch: Vec::new(),
             encoded: SharedPublish::default(),
+            share_encoding: false,
             forwarded_to: Vec::new(),
         }
     }
@@ -1406,6 +1409,9 @@ impl Broker {
                 }
             });
         matches.sort_by_key(|(key, _)| *key);
+        // One encoding shared by several deliveries pays for itself; for a single subscriber
+        // it would only add a copy.
+        self.share_encoding = matches.len() > 1;
         let mut index = 0;
         while index < matches.len() {
             let key = matches[index].0;
@@ -1426,6 +1432,7 @@ impl Broker {
                 receivers += 1;
             }
         }
+        self.share_encoding = false;
         self.scratch = matches;
 
         let mut groups: Vec<u32> = Vec::new();
@@ -1557,13 +1564,18 @@ impl Broker {
                 self.stats.deliveries -= 1;
                 return false;
             }
+            let share = self.share_encoding;
             let mut encoded = core::mem::take(&mut self.encoded);
             let Some(state) = self.conn_mut(id) else {
                 self.encoded = encoded;
                 return false;
             };
             let (qos, bytes) = (delivery.qos as usize, delivery.message.payload.len() as u64);
-            let outcome = state.conn.deliver_encoded(now, delivery, &mut encoded);
+            let outcome = if share {
+                state.conn.deliver_encoded(now, delivery, &mut encoded)
+            } else {
+                state.conn.deliver(now, delivery)
+            };
             self.encoded = encoded;
             self.touched_conns.insert(id);
             // A QoS 0 message sent at once leaves the session as it was (no packet

@@ -1475,15 +1475,17 @@ fn is_plain(version: ProtocolVersion, delivery: &Delivery) -> bool {
 #[derive(Debug, Default)]
 pub struct SharedPublish {
     message: Option<Arc<Message>>,
-    /// Each encoding, with the offset of its packet identifier (0 for QoS 0).
+    /// Each encoding, with the offset of its packet identifier (0 for QoS 0); the first
+    /// `valid` are the message's, the rest keep their buffers for the next message.
     encodings: Vec<(bool, QoS, bool, BytesMut, usize)>,
+    valid: usize,
 }
 
 impl SharedPublish {
     /// Forgets the message and its encodings (keeping the room they took).
     pub fn clear(&mut self) {
         self.message = None;
-        self.encodings.clear();
+        self.valid = 0;
     }
 
     /// Appends the delivery's PUBLISH to `tx`, encoding it only if no earlier delivery of
@@ -1502,17 +1504,20 @@ impl SharedPublish {
             .is_some_and(|m| Arc::ptr_eq(m, &delivery.message))
         {
             self.message = Some(delivery.message.clone());
-            self.encodings.clear();
+            self.valid = 0;
         }
         let key = (version.is_v5(), delivery.qos, delivery.retain);
-        let found = self
-            .encodings
+        let found = self.encodings[..self.valid]
             .iter()
             .position(|(v5, qos, retain, _, _)| (*v5, *qos, *retain) == key);
         let index = match found {
             Some(index) => index,
             None => {
-                let mut bytes = BytesMut::new();
+                let mut bytes = match self.encodings.get_mut(self.valid) {
+                    Some(spare) => core::mem::take(&mut spare.3),
+                    None => BytesMut::new(),
+                };
+                bytes.clear();
                 // The largest size: the check against the client's limit is made below.
                 // A placeholder identifier marks where each delivery's goes.
                 let placeholder = PacketId::new(1).filter(|_| delivery.qos != QoS::AtMostOnce);
@@ -1533,8 +1538,13 @@ impl SharedPublish {
                 } else {
                     0
                 };
-                self.encodings.push((key.0, key.1, key.2, bytes, id_at));
-                self.encodings.len() - 1
+                let entry = (key.0, key.1, key.2, bytes, id_at);
+                match self.encodings.get_mut(self.valid) {
+                    Some(spare) => *spare = entry,
+                    None => self.encodings.push(entry),
+                }
+                self.valid += 1;
+                self.valid - 1
             }
         };
         let (_, _, _, bytes, id_at) = &self.encodings[index];
@@ -1743,7 +1753,7 @@ mod tests {
                 }
             }
             shared.clear();
-            prop_assert!(shared.message.is_none());
+            prop_assert!(shared.message.is_none() && shared.valid == 0);
         }
     }
 }
