@@ -36,7 +36,10 @@ fn taps_come_and_go_while_messages_flow() {
         topics.push(second.recv_timeout(wait).unwrap().topic.to_string());
     }
     // `a/2` may reach it too: published before, it may be routed after the tap came.
-    assert!(topics[..topics.len() - 1].iter().all(|t| t == "a/2"), "{topics:?}");
+    assert!(
+        topics[..topics.len() - 1].iter().all(|t| t == "a/2"),
+        "{topics:?}"
+    );
     assert!(other.try_recv().is_err(), "b/# saw nothing of a/#");
     server.shutdown();
 }
