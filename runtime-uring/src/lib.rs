@@ -136,11 +136,7 @@ impl Server {
         };
         let shared_limits = limits::Limits::new(&self.config.limits);
         let mqtt_bridges = bridge::mqtt::stats_for(&self.config.bridge.mqtt);
-        let kafka = bridge::kafka::KafkaBridges::start(
-            &self.config.bridge.kafka,
-            &self.config.data_dir,
-            inboxes.clone(),
-        )?;
+        let kafka = bridge::kafka::KafkaBridges::start(&self.config.bridge.kafka, inboxes.clone())?;
         let shared = Arc::new(Shared {
             server_config: self.config.server_config(),
             config: self.config,

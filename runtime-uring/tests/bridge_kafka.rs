@@ -1,11 +1,14 @@
 //! The Kafka bridge against a real Kafka-protocol broker: `tansu` (installed by `.ci/run`;
 //! these tests fail without it), started in memory on a free loopback port, with the real
-//! mosquitto clients on the MQTT side and rskafka reading and writing Kafka.
+//! mosquitto clients on the MQTT side and rskafka reading and writing Kafka. What rskafka
+//! cannot ask (a group's committed offsets, the producer fields of stored record batches)
+//! is asked over the Kafka wire protocol directly, independently of the bridge's client.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,7 +66,7 @@ impl Kafka {
         kafka
     }
 
-    /// Starts tansu on this port (again) and waits until it accepts connections.
+    /// Starts tansu on this port and waits until it accepts connections.
     fn up(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_binary())
@@ -80,6 +83,16 @@ impl Kafka {
             assert!(Instant::now() < deadline, "tansu did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends tansu a signal (`STOP`: it stops answering, with its state kept; `CONT`).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("tansu runs").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     /// Kills tansu (its in-memory topics go with it).
@@ -150,10 +163,14 @@ impl Kafka {
     }
 
     fn produce(&self, topic: &str, key: &str, value: &str) {
+        self.produce_to(topic, 0, key, value);
+    }
+
+    fn produce_to(&self, topic: &str, partition: i32, key: &str, value: &str) {
         let client = self.client();
         self.runtime.block_on(async {
             let partition = client
-                .partition_client(topic, 0, UnknownTopicHandling::Retry)
+                .partition_client(topic, partition, UnknownTopicHandling::Retry)
                 .await
                 .unwrap();
             let record = Record {
@@ -167,6 +184,126 @@ impl Kafka {
                 .await
                 .expect("produce");
         });
+    }
+
+    /// Asks Kafka one request (`api_key`, `version`, the body after the header) and returns
+    /// the response after its correlation id.
+    fn call(&self, api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+        let mut request = Vec::new();
+        request.extend(api_key.to_be_bytes());
+        request.extend(version.to_be_bytes());
+        request.extend(7_i32.to_be_bytes());
+        put_str(&mut request, "petrel-test");
+        request.extend(body);
+        let mut stream = TcpStream::connect(self.addr()).expect("connect to tansu");
+        stream
+            .write_all(&(request.len() as i32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut length = [0; 4];
+        stream.read_exact(&mut length).unwrap();
+        let mut response = vec![0; i32::from_be_bytes(length) as usize];
+        stream.read_exact(&mut response).unwrap();
+        response.split_off(4)
+    }
+
+    /// The offset `group` committed for `topic`'s `partition` (OffsetFetch v1), −1 if none.
+    fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
+        let mut body = Vec::new();
+        put_str(&mut body, group);
+        body.extend(1_i32.to_be_bytes());
+        put_str(&mut body, topic);
+        body.extend(1_i32.to_be_bytes());
+        body.extend(partition.to_be_bytes());
+        let response = self.call(9, 1, &body);
+        let mut r = Reader(&response);
+        assert_eq!(r.i32(), 1, "one topic");
+        assert_eq!(r.str(), topic);
+        assert_eq!(r.i32(), 1, "one partition");
+        assert_eq!(r.i32(), partition);
+        let offset = r.i64();
+        let _metadata = r.str();
+        assert_eq!(r.i16(), 0, "OffsetFetch error code");
+        offset
+    }
+
+    /// The producer fields (id, epoch, base sequence) of every record batch stored in
+    /// partition 0 of `topic` (Fetch v4).
+    fn batch_producers(&self, topic: &str) -> Vec<(i64, i16, i32)> {
+        let mut body = Vec::new();
+        body.extend((-1_i32).to_be_bytes()); // replica: a consumer
+        body.extend(100_i32.to_be_bytes()); // max wait, ms
+        body.extend(1_i32.to_be_bytes()); // min bytes
+        body.extend(1_000_000_i32.to_be_bytes()); // max bytes
+        body.push(0); // read uncommitted
+        body.extend(1_i32.to_be_bytes());
+        put_str(&mut body, topic);
+        body.extend(1_i32.to_be_bytes());
+        body.extend(0_i32.to_be_bytes()); // partition
+        body.extend(0_i64.to_be_bytes()); // from offset 0
+        body.extend(1_000_000_i32.to_be_bytes());
+        let response = self.call(1, 4, &body);
+        let mut r = Reader(&response);
+        let _throttle = r.i32();
+        assert_eq!(r.i32(), 1, "one topic");
+        assert_eq!(r.str(), topic);
+        assert_eq!(r.i32(), 1, "one partition");
+        assert_eq!(r.i32(), 0);
+        assert_eq!(r.i16(), 0, "Fetch error code");
+        let _high_watermark = r.i64();
+        let _last_stable = r.i64();
+        let aborted = r.i32();
+        for _ in 0..aborted.max(0) {
+            r.i64();
+            r.i64();
+        }
+        let length = r.i32().max(0) as usize;
+        let mut records = Reader(r.take(length));
+        let mut batches = Vec::new();
+        // Record batch v2: base offset, length, leader epoch, magic, crc, attributes, last
+        // offset delta, two timestamps, then the producer id, epoch and base sequence.
+        while records.0.len() >= 61 {
+            let _base_offset = records.i64();
+            let length = records.i32() as usize;
+            let mut batch = Reader(records.take(length));
+            batch.take(4 + 1 + 4 + 2 + 4 + 8 + 8);
+            batches.push((batch.i64(), batch.i16(), batch.i32()));
+        }
+        batches
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as i16).to_be_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// Reads big-endian Kafka protocol fields.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+
+    fn i16(&mut self) -> i16 {
+        i16::from_be_bytes(self.take(2).try_into().unwrap())
+    }
+
+    fn i32(&mut self) -> i32 {
+        i32::from_be_bytes(self.take(4).try_into().unwrap())
+    }
+
+    fn i64(&mut self) -> i64 {
+        i64::from_be_bytes(self.take(8).try_into().unwrap())
+    }
+
+    /// A nullable string (null reads as empty).
+    fn str(&mut self) -> String {
+        let length = self.i16();
+        String::from_utf8_lossy(self.take(length.max(0) as usize)).into_owned()
     }
 }
 
@@ -278,7 +415,7 @@ fn publishes_at_every_qos_reach_kafka_with_topic_key_and_headers() {
 
 #[test]
 fn the_puback_waits_for_kafka_while_it_is_down() {
-    let mut kafka = Kafka::start();
+    let kafka = Kafka::start();
     kafka.create_topic("mqtt-in", 1);
     let dir = scratch_dir("kafka-down");
     let broker = petrel(
@@ -288,7 +425,10 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
     );
     // The bridge connects with its first record.
     publish(&broker, &["-q", "1", "-t", "held/a", "-m", "first"]);
-    kafka.down();
+    // Kafka stops answering. Stopped, not restarted: a restarted in-memory tansu forgets
+    // the producer ids it gave, and refuses (UnknownProducerId) the next epoch librdkafka
+    // moves to, which Kafka, whose producer state survives a restart, accepts.
+    kafka.signal("STOP");
     let mut waiting = pub_cmd(&broker, &["-q", "1", "-t", "held/a", "-m", "second"])
         .spawn()
         .expect("run mosquitto_pub");
@@ -310,9 +450,7 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
     );
     let lines = pending.lines();
     assert!(lines.iter().any(|l| l.ends_with(" 1")), "{lines:?}");
-    // Kafka comes back (empty: tansu kept its topics in memory).
-    kafka.up();
-    kafka.create_topic("mqtt-in", 1);
+    kafka.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = waiting.try_wait().unwrap() {
@@ -322,9 +460,15 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success());
-    let records = kafka.records("mqtt-in");
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].value.as_deref(), Some(&b"second"[..]));
+    let values: Vec<Option<Vec<u8>>> = kafka
+        .records("mqtt-in")
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(
+        values,
+        vec![Some(b"first".to_vec()), Some(b"second".to_vec())]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -375,8 +519,8 @@ fn kafka_records_reach_subscribers_and_a_restart_resumes_at_the_committed_offset
         ]
     );
     assert!(broker.terminate().success());
-    let offsets = std::fs::read_to_string(dir.join("data/kafka/g1.offsets")).unwrap();
-    assert_eq!(offsets, "cmd 0 2\n");
+    // Committed in Kafka, where Kafka's own group tools read it: the next record is 2.
+    assert_eq!(kafka.committed("g1", "cmd", 0), 2);
     kafka.produce("cmd", "dev3", "reset");
     let broker = petrel(&dir, &kafka.addr(), consume);
     let sub = Sub::start(
@@ -384,6 +528,142 @@ fn kafka_records_reach_subscribers_and_a_restart_resumes_at_the_committed_offset
         &[&sub_args[..], &["-C", "1", "-W", "10"][..]].concat(),
     );
     assert_eq!(sub.lines(), vec![String::from("from-kafka/cmd/dev3 reset")]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn two_instances_in_one_group_share_the_partitions() {
+    let kafka = Kafka::start();
+    kafka.create_topic("shared", 2);
+    let consume = "[[bridge.kafka.consume]]\ntopic = \"shared\"\ngroup = \"g2\"\n\
+                   mqtt_topic = \"k/{partition}/{offset}\"\n";
+    let dirs = [scratch_dir("kafka-group-a"), scratch_dir("kafka-group-b")];
+    let brokers: Vec<Broker> = dirs
+        .iter()
+        .map(|dir| petrel(dir, &kafka.addr(), consume))
+        .collect();
+    let subs: Vec<Sub> = brokers
+        .iter()
+        .map(|b| Sub::start(b, &["-t", "k/#"]))
+        .collect();
+    // The group settles: the first member joins, the second's join rebalances it. Records
+    // go on arriving on both partitions until each instance has been given some.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut warm = 0;
+    while subs.iter().any(|s| s.so_far().is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the group never split: {:?} / {:?}",
+            subs[0].so_far(),
+            subs[1].so_far()
+        );
+        for partition in 0..2 {
+            kafka.produce_to("shared", partition, "k", &format!("warm{warm}"));
+        }
+        warm += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for n in 0..10 {
+        for partition in 0..2 {
+            kafka.produce_to("shared", partition, "k", &format!("m{n}"));
+        }
+    }
+    let counted = |lines: Vec<String>| -> Vec<(String, String)> {
+        lines
+            .into_iter()
+            .filter_map(|l| {
+                let (topic, payload) = l.split_once(' ')?;
+                payload
+                    .starts_with('m')
+                    .then(|| (topic.to_string(), payload.to_string()))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got: Vec<Vec<(String, String)>> = subs.iter().map(|s| counted(s.so_far())).collect();
+        if got.iter().map(Vec::len).sum::<usize>() >= 20 || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Each instance delivers one partition's records, each record once.
+    let partitions: Vec<BTreeSet<String>> = got
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|(topic, _)| topic.split('/').nth(1).unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(partitions[0].len(), 1, "{got:?}");
+    assert_eq!(partitions[1].len(), 1, "{got:?}");
+    assert_ne!(partitions[0], partitions[1], "{got:?}");
+    assert_eq!(got[0].len(), 10, "{got:?}");
+    assert_eq!(got[1].len(), 10, "{got:?}");
+    // And the group's offsets reach the end of both partitions in Kafka.
+    let end = i64::from(warm) + 10;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (0..2).any(|p| kafka.committed("g2", "shared", p) != end) {
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed up to {end}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for sub in subs {
+        sub.kill();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn the_producer_is_idempotent() {
+    let kafka = Kafka::start();
+    kafka.create_topic("mqtt-in", 1);
+    let dir = scratch_dir("kafka-idempotent");
+    let broker = petrel(
+        &dir,
+        &kafka.addr(),
+        "filters = [\"i/#\"]\ntopic = \"mqtt-in\"\n",
+    );
+    for n in 0..3 {
+        publish(&broker, &["-q", "1", "-t", "i/a", "-m", &format!("m{n}")]);
+    }
+    // Each publish waited for its acknowledgement, so each is a batch of its own, stamped
+    // with the producer id Kafka gave and numbered in sequence: what lets Kafka discard a
+    // retried batch it already has.
+    let batches = kafka.batch_producers("mqtt-in");
+    assert_eq!(batches.len(), 3, "{batches:?}");
+    let (id, epoch, _) = batches[0];
+    assert!(id >= 0 && epoch >= 0, "not idempotent: {batches:?}");
+    assert_eq!(
+        batches,
+        vec![(id, epoch, 0), (id, epoch, 1), (id, epoch, 2)]
+    );
+    // The bridge reports the same id.
+    let expected = format!("$SYS/broker/bridge/kafka/main/producer_id {id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sys = Sub::start(
+            &broker,
+            &[
+                "-t",
+                "$SYS/broker/bridge/kafka/main/producer_id",
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ],
+        );
+        let lines = sys.lines();
+        if lines.contains(&expected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{lines:?}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -1,18 +1,19 @@
 //! The Kafka bridge: publishes to Kafka records (with the publisher's acknowledgement held
 //! until Kafka has them), Kafka records into the broker.
 //!
-//! The client (rskafka) runs on a thread of its own with a plain tokio runtime; the workers
-//! never wait for it. Each worker's shard offers client publishes to a [`KafkaPipeline`]
-//! (the state crate's [`Pipeline`]), which maps them to records and hands them to the
-//! thread through a channel. When Kafka acknowledges a batch, the thread sends each
+//! The client (rdkafka, i.e. librdkafka) runs on a thread of its own with a plain tokio
+//! runtime; the workers never wait for it. Each worker's shard offers client publishes to a
+//! [`KafkaPipeline`] (the state crate's [`Pipeline`]), which maps them to records and hands
+//! them to the thread through a channel. The thread gives them to an idempotent producer
+//! (producer id, epoch and sequence numbers, so a retried produce request whose answer was
+//! lost is not stored twice); when Kafka acknowledges a record, the thread sends its
 //! publisher's worker `WorkerMessage::Pipeline(ticket, result)`, and the shard releases the
-//! PUBACK / PUBREC. Consumed records go to worker 0 as one job per fetched batch, and their
-//! offsets are committed (in the data directory) once the shard has routed them.
+//! PUBACK / PUBREC. Consumed topics are read by a member of a Kafka consumer group: records
+//! go to worker 0 as one job per batch, and their offsets are committed to Kafka once the
+//! shard has routed them.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,10 +21,13 @@ use std::time::Duration;
 use petrel_codec::{QoS, ReasonCode};
 use petrel_state::broker::{ClientInfo, Offer, Pipeline, PipelineTicket};
 use petrel_state::message::Message;
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
-use rskafka::BackoffConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message as _, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{info, warn};
 
@@ -32,11 +36,11 @@ use super::kafka_map::{
 };
 use crate::shared::WorkerMessage;
 
-/// Records taken from the channel for one round of produce requests.
+/// Consumed records routed by one job on worker 0 (and committed together).
 const BATCH: usize = 1000;
 
 /// One bridge's counters, read by `/metrics` and `$SYS`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BridgeStats {
     /// Records handed to the client and not yet acknowledged by Kafka.
     pub(crate) pending: AtomicU64,
@@ -50,9 +54,26 @@ pub(crate) struct BridgeStats {
     pub(crate) failed: AtomicU64,
     /// Records consumed and published into the broker.
     pub(crate) consumed: AtomicU64,
-    /// Records in the consumed topics not yet consumed (high watermark − next offset, over
-    /// every partition).
+    /// Records in the consumed topics not yet consumed (high watermark − committed offset,
+    /// over the partitions this instance's group members were given).
     pub(crate) consumer_lag: AtomicU64,
+    /// The idempotent producer's id, given by Kafka (InitProducerId); −1 until then.
+    pub(crate) producer_id: AtomicI64,
+}
+
+impl Default for BridgeStats {
+    fn default() -> BridgeStats {
+        BridgeStats {
+            pending: AtomicU64::new(0),
+            produced: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            consumer_lag: AtomicU64::new(0),
+            producer_id: AtomicI64::new(-1),
+        }
+    }
 }
 
 /// A record on its way to the client thread.
@@ -80,7 +101,6 @@ impl KafkaBridges {
     /// Starts the client thread for the configured bridges (none: no thread).
     pub(crate) fn start(
         configs: &[KafkaBridgeConfig],
-        data_dir: &Path,
         inboxes: Vec<UnboundedSender<WorkerMessage>>,
     ) -> std::io::Result<KafkaBridges> {
         if configs.is_empty() {
@@ -101,10 +121,6 @@ impl KafkaBridges {
             }));
             receivers.push(rx);
         }
-        let offsets_dir = data_dir.join("kafka");
-        if configs.iter().any(|c| !c.consume.is_empty()) {
-            std::fs::create_dir_all(&offsets_dir)?;
-        }
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -114,27 +130,38 @@ impl KafkaBridges {
             .name(String::from("petrel-kafka"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let mut groups: BTreeMap<String, Arc<OffsetFile>> = BTreeMap::new();
+                    let mut consumers = Vec::new();
                     for (bridge, rx) in running.into_iter().zip(receivers) {
                         tokio::spawn(produce(bridge.clone(), rx, inboxes.clone()));
-                        for consume in bridge.config.consume.clone() {
-                            let file = groups
-                                .entry(consume.group.clone())
-                                .or_insert_with(|| {
-                                    Arc::new(OffsetFile::load(
-                                        offsets_dir.join(format!("{}.offsets", consume.group)),
-                                    ))
-                                })
-                                .clone();
+                        for consume in &bridge.config.consume {
+                            let consumer = match consumer(&bridge, consume) {
+                                Ok(c) => Arc::new(c),
+                                Err(e) => {
+                                    let name = &bridge.config.name;
+                                    warn!(
+                                        bridge = name,
+                                        topic = consume.topic,
+                                        "Kafka consumer: {e}"
+                                    );
+                                    continue;
+                                }
+                            };
+                            consumers.push(consumer.clone());
                             tokio::spawn(consume_topic(
                                 bridge.clone(),
-                                consume,
-                                file,
+                                consume.clone(),
+                                consumer,
                                 inboxes[0].clone(),
                             ));
                         }
                     }
                     let _ = stopped.await;
+                    // What was routed is committed before the members leave their groups
+                    // (dropping a consumer leaves; auto-commit would also commit then, but
+                    // only what it was told before this point either way).
+                    for consumer in consumers {
+                        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                    }
                 });
             })?;
         Ok(KafkaBridges {
@@ -225,6 +252,19 @@ pub(crate) fn metrics(bridges: &[Arc<Bridge>], metric: &mut MetricWriter<'_>) {
         "Records in the consumed Kafka topics not consumed yet.",
         &per_bridge(&|s| &s.consumer_lag),
     );
+    let producer_ids: Vec<(String, u64)> = bridges
+        .iter()
+        .filter_map(|b| {
+            let id = u64::try_from(b.stats.producer_id.load(Ordering::Relaxed)).ok()?;
+            Some((format!("{{bridge=\"{}\"}}", b.config.name), id))
+        })
+        .collect();
+    metric(
+        "kafka_bridge_producer_id",
+        "gauge",
+        "The idempotent producer's id given by Kafka (absent until it is given).",
+        &producer_ids,
+    );
 }
 
 /// The `$SYS` entries: `$SYS/broker/bridge/kafka/NAME/…`.
@@ -241,6 +281,10 @@ pub(crate) fn sys_entries(bridges: &[Arc<Bridge>]) -> Vec<(String, String)> {
             ("failed", load(&s.failed)),
             ("consumed", load(&s.consumed)),
             ("consumer_lag", load(&s.consumer_lag)),
+            (
+                "producer_id",
+                s.producer_id.load(Ordering::Relaxed).to_string(),
+            ),
         ] {
             entries.push((
                 format!("$SYS/broker/bridge/kafka/{}/{name}", bridge.config.name),
@@ -304,364 +348,314 @@ impl Pipeline for KafkaPipeline {
     }
 }
 
-/// Connects, retrying until Kafka answers.
-async fn connect(bridge: &Bridge) -> Arc<Client> {
-    loop {
-        let built = ClientBuilder::new(bridge.config.brokers.clone())
-            .client_id("petrel")
-            .backoff_config(backoff())
-            .build()
-            .await;
-        match built {
-            Ok(client) => {
-                info!(bridge = bridge.config.name, "connected to Kafka");
-                return Arc::new(client);
-            }
-            Err(e) => {
-                warn!(bridge = bridge.config.name, "connecting to Kafka: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+/// Reads librdkafka's statistics (every second) into the bridge's gauges.
+struct StatsContext {
+    bridge: Arc<Bridge>,
+    /// This client's share of the bridge's consumer lag, last reported.
+    lag: AtomicU64,
+}
+
+impl StatsContext {
+    fn new(bridge: &Arc<Bridge>) -> StatsContext {
+        StatsContext {
+            bridge: bridge.clone(),
+            lag: AtomicU64::new(0),
         }
     }
 }
 
-/// Retry without a deadline, but not minutes apart: a QoS 1/2 publisher is waiting.
-fn backoff() -> BackoffConfig {
-    BackoffConfig {
-        init_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(1),
-        base: 2.0,
-        deadline: None,
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        let stats = &self.bridge.stats;
+        if let Some(eos) = &statistics.eos {
+            stats.producer_id.store(eos.producer_id, Ordering::Relaxed);
+        }
+        if statistics.client_type != "consumer" {
+            return;
+        }
+        // Partition −1 is librdkafka's "not assigned yet" queue; −1 lags are unknown.
+        let lag: u64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0)
+            .map(|p| u64::try_from(p.consumer_lag).unwrap_or(0))
+            .sum();
+        // Several consumers add to one gauge: move it by this one's change.
+        let old = self.lag.swap(lag, Ordering::Relaxed);
+        if lag >= old {
+            stats.consumer_lag.fetch_add(lag - old, Ordering::Relaxed);
+        } else {
+            stats.consumer_lag.fetch_sub(old - lag, Ordering::Relaxed);
+        }
     }
 }
 
-/// The partitions of `topic`, waiting until it exists.
-async fn partitions(client: &Client, topic: &str, bridge: &str) -> Vec<i32> {
-    let mut warned = false;
-    loop {
-        match client.list_topics().await {
-            Ok(topics) => {
-                if let Some(t) = topics.into_iter().find(|t| t.name == topic) {
-                    if !t.partitions.is_empty() {
-                        return t.partitions.into_iter().collect();
-                    }
+impl ConsumerContext for StatsContext {}
+
+/// The settings both clients share.
+fn client_config(bridge: &Bridge) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bridge.config.brokers.join(","))
+        .set("client.id", "petrel")
+        .set("statistics.interval.ms", "1000");
+    config
+}
+
+/// The idempotent producer. Kafka gives it a producer id and epoch (InitProducerId), and it
+/// numbers each partition's batches, so a retried produce request whose answer was lost is
+/// recognised by the broker and not stored twice. librdkafka retries connection errors and
+/// leader changes by itself and, with no message timeout, never gives up on a record: a
+/// QoS 1/2 publisher waits for as long as Kafka is away.
+fn producer(bridge: &Arc<Bridge>) -> Result<FutureProducer<StatsContext>, KafkaError> {
+    client_config(bridge)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "0")
+        // Java's partitioner: a key lands on the partition Java producers would pick.
+        .set("partitioner", "murmur2_random")
+        .create_with_context(StatsContext::new(bridge))
+}
+
+/// Errors after which sending the record again cannot help.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
+}
+
+/// The producer in use; replaced when librdkafka declares it unusable (a fatal idempotence
+/// error, such as a producer id the broker no longer knows).
+struct ProducerSlot {
+    bridge: Arc<Bridge>,
+    current: Mutex<Arc<FutureProducer<StatsContext>>>,
+}
+
+impl ProducerSlot {
+    fn get(&self) -> Arc<FutureProducer<StatsContext>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer if it is in a fatal state (once, however many
+    /// records saw the error).
+    fn renew_if_fatal(&self, failed: &Arc<FutureProducer<StatsContext>>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        warn!(
+            bridge = self.bridge.config.name,
+            "Kafka producer failed ({code}: {reason}): starting a new one"
+        );
+        match producer(&self.bridge) {
+            Ok(fresh) => *current = Arc::new(fresh),
+            Err(e) => warn!(bridge = self.bridge.config.name, "new Kafka producer: {e}"),
+        }
+    }
+
+    /// Hands the record to librdkafka, waiting while its queue is full.
+    async fn enqueue(
+        &self,
+        record: &OutRecord,
+    ) -> Result<(Arc<FutureProducer<StatsContext>>, DeliveryFuture), KafkaError> {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        loop {
+            let producer = self.get();
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut out = FutureRecord::<[u8], [u8]>::to(&record.topic)
+                .payload(&record.value)
+                .headers(headers)
+                .timestamp(millis);
+            if let Some(key) = &record.key {
+                out = out.key(key);
+            }
+            match producer.send_result(out) {
+                Ok(delivery) => return Ok((producer, delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                if !warned {
-                    warn!(bridge, topic, "Kafka topic does not exist (yet): waiting");
-                    warned = true;
-                }
+                Err((e, _)) => return Err(e),
             }
-            Err(e) => warn!(bridge, "listing Kafka topics: {e}"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// A stable spread of keys over partitions (FNV-1a); keyless records take turns.
-fn partition_of(key: Option<&[u8]>, partitions: &[i32], turn: &mut usize) -> i32 {
-    let index = match key {
-        Some(key) => {
-            let hash = key.iter().fold(0x811c_9dc5_u32, |h, b| {
-                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-            });
-            hash as usize % partitions.len()
-        }
-        None => {
-            *turn = turn.wrapping_add(1);
-            *turn % partitions.len()
-        }
-    };
-    partitions[index]
-}
-
-fn to_record(record: OutRecord) -> Record {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Record {
-        key: record.key,
-        value: Some(record.value),
-        headers: record.headers,
-        timestamp: chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default(),
-    }
-}
-
-/// Sends the bridge's records to Kafka in batches, in order per partition, and reports
-/// each acknowledgement to the worker that holds it.
+/// Sends the bridge's records to Kafka, in the order they came, and reports each
+/// acknowledgement to the worker that holds it.
 async fn produce(
     bridge: Arc<Bridge>,
     mut jobs: UnboundedReceiver<Job>,
     inboxes: Vec<UnboundedSender<WorkerMessage>>,
 ) {
     let name = bridge.config.name.clone();
-    let Some(first) = jobs.recv().await else {
-        return;
-    };
-    let client = connect(&bridge).await;
-    let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    let mut clients: BTreeMap<(String, i32), Arc<PartitionClient>> = BTreeMap::new();
-    let mut turn = 0;
-    let mut head = Some(first);
-    loop {
-        let first = match head.take() {
-            Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut groups: BTreeMap<(String, i32), Vec<Job>> = BTreeMap::new();
-        for job in batch {
-            if !topics.contains_key(&job.record.topic) {
-                let found = partitions(&client, &job.record.topic, &name).await;
-                topics.insert(job.record.topic.clone(), found);
-            }
-            let partition = partition_of(
-                job.record.key.as_deref(),
-                &topics[&job.record.topic],
-                &mut turn,
-            );
-            groups
-                .entry((job.record.topic.clone(), partition))
-                .or_default()
-                .push(job);
-        }
-        for (place, group) in groups {
-            let partition_client = match clients.get(&place) {
-                Some(c) => c.clone(),
-                None => loop {
-                    match client
-                        .partition_client(&place.0, place.1, UnknownTopicHandling::Retry)
-                        .await
-                    {
-                        Ok(c) => {
-                            let c = Arc::new(c);
-                            clients.insert(place.clone(), c.clone());
-                            break c;
-                        }
-                        Err(e) => {
-                            warn!(bridge = name, topic = place.0, "Kafka partition: {e}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                },
-            };
-            let mut tickets = Vec::with_capacity(group.len());
-            let records: Vec<Record> = group
-                .into_iter()
-                .map(|job| {
-                    tickets.push(job.ticket);
-                    to_record(job.record)
-                })
-                .collect();
-            let n = records.len() as u64;
-            // rskafka retries connection errors, leader changes and unknown topics by
-            // itself (no deadline): an error here is Kafka refusing the records.
-            let result = match partition_client
-                .produce(records, Compression::NoCompression)
-                .await
-            {
-                Ok(_) => {
-                    bridge.stats.produced.fetch_add(n, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    warn!(
-                        bridge = name,
-                        topic = place.0,
-                        "Kafka refused {n} records: {e}"
-                    );
-                    bridge.stats.failed.fetch_add(n, Ordering::Relaxed);
-                    Err(ReasonCode::ImplementationSpecificError)
-                }
-            };
-            bridge.stats.pending.fetch_sub(n, Ordering::Relaxed);
-            for (worker, ticket) in tickets.into_iter().flatten() {
-                if let Some(inbox) = inboxes.get(worker) {
-                    let _ = inbox.send(WorkerMessage::Pipeline(ticket, result));
-                }
-            }
-        }
-    }
-}
-
-/// Committed offsets of one consumer group, in `kafka/GROUP.offsets` in the data directory:
-/// one `topic partition next-offset` line each, replaced atomically (write, sync, rename).
-struct OffsetFile {
-    path: PathBuf,
-    offsets: Mutex<BTreeMap<(String, i32), i64>>,
-}
-
-impl OffsetFile {
-    fn load(path: PathBuf) -> OffsetFile {
-        let mut offsets = BTreeMap::new();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            for line in text.lines() {
-                let mut parts = line.rsplitn(3, ' ');
-                let (Some(offset), Some(partition), Some(topic)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                if let (Ok(partition), Ok(offset)) = (partition.parse(), offset.parse()) {
-                    offsets.insert((topic.to_string(), partition), offset);
-                }
-            }
-        }
-        OffsetFile {
-            path,
-            offsets: Mutex::new(offsets),
-        }
-    }
-
-    fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        let offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
-        offsets.get(&(topic.to_string(), partition)).copied()
-    }
-
-    fn commit(&self, topic: &str, partition: i32, next: i64) -> std::io::Result<()> {
-        let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
-        offsets.insert((topic.to_string(), partition), next);
-        let mut text = String::new();
-        for ((topic, partition), offset) in offsets.iter() {
-            text.push_str(&format!("{topic} {partition} {offset}\n"));
-        }
-        let temporary = self.path.with_extension("offsets.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &self.path)
-    }
-}
-
-/// Consumes every partition of one Kafka topic into the broker.
-async fn consume_topic(
-    bridge: Arc<Bridge>,
-    consume: ConsumeConfig,
-    offsets: Arc<OffsetFile>,
-    inbox: UnboundedSender<WorkerMessage>,
-) {
-    let client = connect(&bridge).await;
-    let found = partitions(&client, &consume.topic, &bridge.config.name).await;
-    let lags: Arc<Mutex<BTreeMap<i32, u64>>> = Arc::default();
-    let consume = Arc::new(consume);
-    for partition in found {
-        tokio::spawn(consume_partition(
-            bridge.clone(),
-            client.clone(),
-            consume.clone(),
-            partition,
-            offsets.clone(),
-            inbox.clone(),
-            lags.clone(),
-        ));
-    }
-}
-
-async fn consume_partition(
-    bridge: Arc<Bridge>,
-    client: Arc<Client>,
-    consume: Arc<ConsumeConfig>,
-    partition: i32,
-    offsets: Arc<OffsetFile>,
-    inbox: UnboundedSender<WorkerMessage>,
-    lags: Arc<Mutex<BTreeMap<i32, u64>>>,
-) {
-    let name = bridge.config.name.as_str();
-    let topic = consume.topic.as_str();
-    let partition_client = loop {
-        match client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-        {
-            Ok(c) => break c,
+    let first = loop {
+        match producer(&bridge) {
+            Ok(p) => break p,
             Err(e) => {
-                warn!(bridge = name, topic, "Kafka partition {partition}: {e}");
+                warn!(bridge = name, "Kafka producer: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
-    let start = match consume.start {
-        StartAt::Earliest => OffsetAt::Earliest,
-        StartAt::Latest => OffsetAt::Latest,
-    };
-    let mut next = match offsets.get(topic, partition) {
-        Some(offset) => offset,
-        None => loop {
-            match partition_client.get_offset(start).await {
-                Ok(offset) => break offset,
-                Err(e) => {
-                    warn!(bridge = name, topic, "Kafka offset of {partition}: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    info!(bridge = name, "Kafka producer started (idempotent)");
+    let slot = Arc::new(ProducerSlot {
+        bridge: bridge.clone(),
+        current: Mutex::new(Arc::new(first)),
+    });
+    let inboxes = Arc::new(inboxes);
+    while let Some(job) = jobs.recv().await {
+        // Enqueued here, one at a time, so records keep their order; the acknowledgement
+        // is awaited apart so that the next record need not wait for it.
+        let queued = slot.enqueue(&job.record).await;
+        tokio::spawn(deliver(
+            bridge.clone(),
+            slot.clone(),
+            job,
+            queued,
+            inboxes.clone(),
+        ));
+    }
+}
+
+/// Waits for Kafka's acknowledgement of one record (sending it again after errors that
+/// are not final) and reports it.
+async fn deliver(
+    bridge: Arc<Bridge>,
+    slot: Arc<ProducerSlot>,
+    job: Job,
+    mut queued: Result<(Arc<FutureProducer<StatsContext>>, DeliveryFuture), KafkaError>,
+    inboxes: Arc<Vec<UnboundedSender<WorkerMessage>>>,
+) {
+    let name = bridge.config.name.as_str();
+    let topic = job.record.topic.as_str();
+    let result = loop {
+        let error = match queued {
+            Ok((producer, delivery)) => match delivery.await {
+                Ok(Ok(_)) => break Ok(()),
+                Ok(Err((e, _))) => {
+                    slot.renew_if_fatal(&producer);
+                    e
                 }
-            }
-        },
+                // The producer was dropped: the bridge is stopping.
+                Err(_) => return,
+            },
+            Err(e) => e,
+        };
+        if refused_for_good(&error) {
+            warn!(bridge = name, topic, "Kafka refused a record: {error}");
+            break Err(ReasonCode::ImplementationSpecificError);
+        }
+        // Such as a topic that does not exist (yet): the publisher keeps waiting.
+        warn!(
+            bridge = name,
+            topic, "sending a record to Kafka again: {error}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        queued = slot.enqueue(&job.record).await;
     };
+    let counter = if result.is_ok() {
+        &bridge.stats.produced
+    } else {
+        &bridge.stats.failed
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    bridge.stats.pending.fetch_sub(1, Ordering::Relaxed);
+    if let Some((worker, ticket)) = job.ticket {
+        if let Some(inbox) = inboxes.get(worker) {
+            let _ = inbox.send(WorkerMessage::Pipeline(ticket, result));
+        }
+    }
+}
+
+/// A member of the consumer group `consume.group`, subscribed to `consume.topic`; Kafka's
+/// group coordinator shares the topic's partitions among the members (other Petrel
+/// instances with the same group included) and keeps the committed offsets.
+fn consumer(
+    bridge: &Arc<Bridge>,
+    consume: &ConsumeConfig,
+) -> Result<StreamConsumer<StatsContext>, KafkaError> {
+    let start = match consume.start {
+        StartAt::Earliest => "earliest",
+        StartAt::Latest => "latest",
+    };
+    let consumer: StreamConsumer<StatsContext> = client_config(bridge)
+        .set("group.id", &consume.group)
+        .set("auto.offset.reset", start)
+        // Offsets are stored only once the shard has routed the record; auto-commit then
+        // also commits them when partitions move to another member and on close.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .create_with_context(StatsContext::new(bridge))?;
+    consumer.subscribe(&[consume.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// Publishes into the broker what the group member is given of one Kafka topic.
+async fn consume_topic(
+    bridge: Arc<Bridge>,
+    consume: ConsumeConfig,
+    consumer: Arc<StreamConsumer<StatsContext>>,
+    inbox: UnboundedSender<WorkerMessage>,
+) {
+    let name = bridge.config.name.as_str();
     let qos = QoS::from_bits(consume.qos).unwrap_or(QoS::AtMostOnce);
     loop {
-        let asked = tokio::time::Instant::now();
-        let (records, high_watermark) = match partition_client
-            .fetch_records(next, 1..1_000_000, 500)
-            .await
-        {
-            Ok(fetched) => fetched,
+        let mut batch = Vec::new();
+        match consumer.recv().await {
+            Ok(first) => batch.push(message_of(&consume, qos, &first)),
             Err(e) => {
-                warn!(
-                    bridge = name,
-                    topic, "Kafka fetch from {partition}@{next}: {e}"
-                );
-                if let rskafka::client::error::Error::ServerError {
-                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                    ..
-                } = e
-                {
-                    // The committed offset is gone (retention): go on from the oldest left.
-                    if let Ok(earliest) = partition_client.get_offset(OffsetAt::Earliest).await {
-                        next = earliest;
-                    }
-                }
+                // A topic that does not exist (yet), Kafka away: librdkafka goes on trying.
+                warn!(bridge = name, topic = consume.topic, "Kafka consumer: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-        };
-        let Some(last) = records.last().map(|r| r.offset) else {
-            record_lag(&bridge, &lags, partition, high_watermark - next);
-            // A broker that answers an empty fetch at once, without waiting the 500 ms
-            // asked for, would otherwise be polled in a tight loop.
-            tokio::time::sleep_until(asked + Duration::from_millis(100)).await;
-            continue;
-        };
-        let n = records.len() as u64;
-        let messages: Vec<Message> = records
-            .into_iter()
-            .map(|r| {
-                let mut message = Message::new(
-                    &consumed_topic(
-                        &consume.mqtt_topic,
-                        topic,
-                        partition,
-                        r.offset,
-                        r.record.key.as_deref(),
-                    ),
-                    r.record.value.unwrap_or_default(),
-                );
-                message.qos = qos;
-                message.properties.user_properties = r
-                    .record
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                    .collect();
-                message
-            })
-            .collect();
+        }
+        // What is already fetched goes in the same job.
+        while batch.len() < BATCH {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                Ok(Ok(next)) => batch.push(message_of(&consume, qos, &next)),
+                _ => break,
+            }
+        }
+        let mut next = BTreeMap::new();
+        let mut messages = Vec::with_capacity(batch.len());
+        for (partition, offset, message) in batch {
+            // Kafka's committed offset is the next record to read.
+            next.insert(partition, offset + 1);
+            messages.push(message);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next {
+            let _ = offsets.add_partition_offset(
+                &consume.topic,
+                partition,
+                rdkafka::Offset::Offset(next),
+            );
+        }
+        let n = messages.len() as u64;
         // Committed only once the shard has routed them (to sessions, queues and the
         // store's batch), so a restart neither skips nor repeats them.
         let (routed, done) = tokio::sync::oneshot::channel();
@@ -674,32 +668,53 @@ async fn consume_partition(
         if inbox.send(WorkerMessage::Admin(job)).is_err() || done.await.is_err() {
             return;
         }
-        next = last + 1;
         bridge.stats.consumed.fetch_add(n, Ordering::Relaxed);
-        record_lag(&bridge, &lags, partition, high_watermark - next);
-        if let Err(e) = offsets.commit(topic, partition, next) {
-            warn!(bridge = name, topic, "committing offset {next}: {e}");
+        // A partition taken away meanwhile refuses the store: its new owner reads those
+        // records again (at least once, never lost).
+        if let Err(e) = consumer.store_offsets(&offsets) {
+            warn!(bridge = name, topic = consume.topic, "storing offsets: {e}");
+            continue;
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            warn!(
+                bridge = name,
+                topic = consume.topic,
+                "committing offsets: {e}"
+            );
         }
     }
 }
 
-fn record_lag(bridge: &Bridge, lags: &Mutex<BTreeMap<i32, u64>>, partition: i32, lag: i64) {
-    let mut lags = lags.lock().unwrap_or_else(|e| e.into_inner());
-    let old: u64 = lags.values().sum();
-    lags.insert(partition, lag.max(0) as u64);
-    let new: u64 = lags.values().sum();
-    // Several topics add to one gauge: move it by this topic's change.
-    if new >= old {
-        bridge
-            .stats
-            .consumer_lag
-            .fetch_add(new - old, Ordering::Relaxed);
-    } else {
-        bridge
-            .stats
-            .consumer_lag
-            .fetch_sub(old - new, Ordering::Relaxed);
+/// The MQTT message a record becomes, with the record's partition and offset.
+fn message_of(
+    consume: &ConsumeConfig,
+    qos: QoS,
+    record: &BorrowedMessage<'_>,
+) -> (i32, i64, Message) {
+    let mut message = Message::new(
+        &consumed_topic(
+            &consume.mqtt_topic,
+            record.topic(),
+            record.partition(),
+            record.offset(),
+            record.key(),
+        ),
+        record.payload().unwrap_or_default().to_vec(),
+    );
+    message.qos = qos;
+    if let Some(headers) = record.headers() {
+        message.properties.user_properties = headers
+            .iter()
+            .map(|h| {
+                let value = h.value.unwrap_or_default();
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )
+            })
+            .collect();
     }
+    (record.partition(), record.offset(), message)
 }
 
 #[cfg(test)]
@@ -707,31 +722,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_stay_on_one_partition() {
-        let partitions = [0, 1, 2, 3];
-        let mut turn = 0;
-        let a = partition_of(Some(b"dev7"), &partitions, &mut turn);
-        assert_eq!(partition_of(Some(b"dev7"), &partitions, &mut turn), a);
-        let keyless: Vec<i32> = (0..4)
-            .map(|_| partition_of(None, &partitions, &mut turn))
-            .collect();
-        let mut sorted = keyless.clone();
-        sorted.sort();
-        assert_eq!(sorted, partitions, "keyless records take turns");
-    }
-
-    #[test]
-    fn offsets_survive_a_reload() {
-        let dir = std::env::temp_dir().join(format!("petrel-offsets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("g.offsets");
-        let file = OffsetFile::load(path.clone());
-        assert_eq!(file.get("a b", 0), None);
-        file.commit("a b", 0, 7).unwrap();
-        file.commit("c", 3, 9).unwrap();
-        let again = OffsetFile::load(path);
-        assert_eq!(again.get("a b", 0), Some(7));
-        assert_eq!(again.get("c", 3), Some(9));
-        let _ = std::fs::remove_dir_all(dir);
+    fn only_final_errors_stop_the_retries() {
+        let refused = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(refused_for_good(&refused));
+        for passing in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+        ] {
+            assert!(!refused_for_good(&KafkaError::MessageProduction(passing)));
+        }
     }
 }

@@ -101,9 +101,10 @@ impl<'de> Deserialize<'de> for KeySource {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeConfig {
-    /// The Kafka topic (every partition of it is read).
+    /// The Kafka topic (this instance reads the partitions its group gives it).
     pub topic: String,
-    /// Names the committed offsets (kept in the data directory, `kafka/GROUP.offsets`).
+    /// The Kafka consumer group: Kafka keeps its committed offsets, and Petrel instances
+    /// with the same group share the topic's partitions.
     #[serde(default = "default_group")]
     pub group: String,
     /// The MQTT topic of each record: `{topic}`, `{partition}`, `{offset}` and `{key}` are

@@ -252,6 +252,12 @@ impl Sub {
         out.lines().map(str::to_string).collect()
     }
 
+    /// The lines printed so far, while it goes on running.
+    pub fn so_far(&self) -> Vec<String> {
+        let out = self.output.lock().unwrap().clone();
+        out.lines().map(str::to_string).collect()
+    }
+
     /// Kills it abruptly (no DISCONNECT), as a crashed client would end.
     pub fn kill(mut self) {
         let _ = self.child.kill();
