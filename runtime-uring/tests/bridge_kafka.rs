@@ -66,7 +66,7 @@ impl Kafka {
         kafka
     }
 
-    /// Starts tansu on this port and waits until it accepts connections.
+    /// Starts tansu on this port (again) and waits until it accepts connections.
     fn up(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_binary())
@@ -415,7 +415,7 @@ fn publishes_at_every_qos_reach_kafka_with_topic_key_and_headers() {
 
 #[test]
 fn the_puback_waits_for_kafka_while_it_is_down() {
-    let kafka = Kafka::start();
+    let mut kafka = Kafka::start();
     kafka.create_topic("mqtt-in", 1);
     let dir = scratch_dir("kafka-down");
     let broker = petrel(
@@ -425,9 +425,7 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
     );
     // The bridge connects with its first record.
     publish(&broker, &["-q", "1", "-t", "held/a", "-m", "first"]);
-    // Kafka stops answering. Stopped, not restarted: a restarted in-memory tansu forgets
-    // the producer ids it gave, and refuses (UnknownProducerId) the next epoch librdkafka
-    // moves to, which Kafka, whose producer state survives a restart, accepts.
+    // Kafka stops answering, its state kept.
     kafka.signal("STOP");
     let mut waiting = pub_cmd(&broker, &["-q", "1", "-t", "held/a", "-m", "second"])
         .spawn()
@@ -469,6 +467,29 @@ fn the_puback_waits_for_kafka_while_it_is_down() {
         values,
         vec![Some(b"first".to_vec()), Some(b"second".to_vec())]
     );
+    // Kafka restarts, empty: a restarted in-memory tansu has forgotten the producer id it
+    // gave and refuses every epoch librdkafka moves to by itself (Kafka, whose producer
+    // state survives a restart, would not); the bridge starts a new producer.
+    kafka.down();
+    let mut waiting = pub_cmd(&broker, &["-q", "1", "-t", "held/a", "-m", "third"])
+        .spawn()
+        .expect("run mosquitto_pub");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(waiting.try_wait().unwrap().is_none());
+    kafka.up();
+    kafka.create_topic("mqtt-in", 1);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = waiting.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no PUBACK after Kafka restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let records = kafka.records("mqtt-in");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value.as_deref(), Some(&b"third"[..]));
     let _ = std::fs::remove_dir_all(dir);
 }
 

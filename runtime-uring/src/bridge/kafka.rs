@@ -13,7 +13,7 @@
 //! shard has routed them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message as _, TopicPartitionList};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -348,11 +348,20 @@ impl Pipeline for KafkaPipeline {
     }
 }
 
+/// Epochs a producer may move to by itself, answering UnknownProducerId, before the bridge
+/// concludes that the broker refuses its producer id for good (a broker that lost its
+/// producer state and, unlike Kafka, does not take a new epoch from sequence 0).
+const EPOCH_BUMPS: i64 = 50;
+
 /// Reads librdkafka's statistics (every second) into the bridge's gauges.
 struct StatsContext {
     bridge: Arc<Bridge>,
     /// This client's share of the bridge's consumer lag, last reported.
     lag: AtomicU64,
+    /// The producer id and the epoch it was first seen with.
+    given: Mutex<(i64, i64)>,
+    /// Set once the epoch has moved more than [`EPOCH_BUMPS`] past it.
+    forgotten: Arc<AtomicBool>,
 }
 
 impl StatsContext {
@@ -360,6 +369,8 @@ impl StatsContext {
         StatsContext {
             bridge: bridge.clone(),
             lag: AtomicU64::new(0),
+            given: Mutex::new((-1, -1)),
+            forgotten: Arc::default(),
         }
     }
 }
@@ -369,6 +380,12 @@ impl ClientContext for StatsContext {
         let stats = &self.bridge.stats;
         if let Some(eos) = &statistics.eos {
             stats.producer_id.store(eos.producer_id, Ordering::Relaxed);
+            let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+            if given.0 != eos.producer_id {
+                *given = (eos.producer_id, eos.producer_epoch);
+            } else if eos.producer_epoch - given.1 > EPOCH_BUMPS {
+                self.forgotten.store(true, Ordering::Relaxed);
+            }
         }
         if statistics.client_type != "consumer" {
             return;
@@ -408,13 +425,25 @@ fn client_config(bridge: &Bridge) -> ClientConfig {
 /// recognised by the broker and not stored twice. librdkafka retries connection errors and
 /// leader changes by itself and, with no message timeout, never gives up on a record: a
 /// QoS 1/2 publisher waits for as long as Kafka is away.
-fn producer(bridge: &Arc<Bridge>) -> Result<FutureProducer<StatsContext>, KafkaError> {
-    client_config(bridge)
+fn producer(bridge: &Arc<Bridge>) -> Result<Live, KafkaError> {
+    let context = StatsContext::new(bridge);
+    let forgotten = context.forgotten.clone();
+    let producer = client_config(bridge)
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
         // Java's partitioner: a key lands on the partition Java producers would pick.
         .set("partitioner", "murmur2_random")
-        .create_with_context(StatsContext::new(bridge))
+        .create_with_context(context)?;
+    Ok(Live {
+        producer,
+        forgotten,
+    })
+}
+
+/// A producer, and whether its statistics show the broker refusing its producer id.
+struct Live {
+    producer: FutureProducer<StatsContext>,
+    forgotten: Arc<AtomicBool>,
 }
 
 /// Errors after which sending the record again cannot help.
@@ -433,15 +462,15 @@ fn refused_for_good(error: &KafkaError) -> bool {
     )
 }
 
-/// The producer in use; replaced when librdkafka declares it unusable (a fatal idempotence
-/// error, such as a producer id the broker no longer knows).
+/// The producer in use; replaced when it cannot deliver any more: librdkafka declares it
+/// unusable (a fatal idempotence error), or the broker keeps refusing its producer id.
 struct ProducerSlot {
     bridge: Arc<Bridge>,
-    current: Mutex<Arc<FutureProducer<StatsContext>>>,
+    current: Mutex<Arc<Live>>,
 }
 
 impl ProducerSlot {
-    fn get(&self) -> Arc<FutureProducer<StatsContext>> {
+    fn get(&self) -> Arc<Live> {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -450,34 +479,53 @@ impl ProducerSlot {
 
     /// Replaces `failed` with a new producer if it is in a fatal state (once, however many
     /// records saw the error).
-    fn renew_if_fatal(&self, failed: &Arc<FutureProducer<StatsContext>>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
-        };
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, failed) {
-            return;
-        }
-        warn!(
-            bridge = self.bridge.config.name,
-            "Kafka producer failed ({code}: {reason}): starting a new one"
-        );
-        match producer(&self.bridge) {
-            Ok(fresh) => *current = Arc::new(fresh),
-            Err(e) => warn!(bridge = self.bridge.config.name, "new Kafka producer: {e}"),
+    fn renew_if_fatal(&self, failed: &Arc<Live>) {
+        if let Some((code, reason)) = failed.producer.client().fatal_error() {
+            self.renew(failed, &format!("{code}: {reason}"));
         }
     }
 
+    /// Replaces the producer if the broker keeps refusing its producer id. Such a broker
+    /// lost its producer state, so the records it refused are not stored there: sending
+    /// them again from a new producer id duplicates nothing.
+    fn renew_if_forgotten(&self) {
+        let current = self.get();
+        if current.forgotten.load(Ordering::Relaxed) {
+            self.renew(&current, "Kafka keeps refusing its producer id");
+        }
+    }
+
+    /// Starts a new producer in place of `old` (unless that was done already) and makes
+    /// the old one give back its records, which [`deliver`] sends again.
+    fn renew(&self, old: &Arc<Live>, why: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, old) {
+            return;
+        }
+        let name = self.bridge.config.name.as_str();
+        warn!(
+            bridge = name,
+            "Kafka producer failed ({why}): starting a new one"
+        );
+        match producer(&self.bridge) {
+            Ok(fresh) => *current = Arc::new(fresh),
+            Err(e) => {
+                warn!(bridge = name, "new Kafka producer: {e}");
+                return;
+            }
+        }
+        drop(current);
+        old.producer
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+
     /// Hands the record to librdkafka, waiting while its queue is full.
-    async fn enqueue(
-        &self,
-        record: &OutRecord,
-    ) -> Result<(Arc<FutureProducer<StatsContext>>, DeliveryFuture), KafkaError> {
+    async fn enqueue(&self, record: &OutRecord) -> Result<(Arc<Live>, DeliveryFuture), KafkaError> {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         loop {
-            let producer = self.get();
+            let live = self.get();
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
                 headers = headers.insert(Header {
@@ -492,8 +540,8 @@ impl ProducerSlot {
             if let Some(key) = &record.key {
                 out = out.key(key);
             }
-            match producer.send_result(out) {
-                Ok(delivery) => return Ok((producer, delivery)),
+            match live.producer.send_result(out) {
+                Ok(delivery) => return Ok((live, delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -525,6 +573,17 @@ async fn produce(
         bridge: bridge.clone(),
         current: Mutex::new(Arc::new(first)),
     });
+    let watched = Arc::downgrade(&slot);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match watched.upgrade() {
+                Some(slot) => slot.renew_if_forgotten(),
+                None => return,
+            }
+        }
+    });
     let inboxes = Arc::new(inboxes);
     while let Some(job) = jobs.recv().await {
         // Enqueued here, one at a time, so records keep their order; the acknowledgement
@@ -546,17 +605,17 @@ async fn deliver(
     bridge: Arc<Bridge>,
     slot: Arc<ProducerSlot>,
     job: Job,
-    mut queued: Result<(Arc<FutureProducer<StatsContext>>, DeliveryFuture), KafkaError>,
+    mut queued: Result<(Arc<Live>, DeliveryFuture), KafkaError>,
     inboxes: Arc<Vec<UnboundedSender<WorkerMessage>>>,
 ) {
     let name = bridge.config.name.as_str();
     let topic = job.record.topic.as_str();
     let result = loop {
         let error = match queued {
-            Ok((producer, delivery)) => match delivery.await {
+            Ok((live, delivery)) => match delivery.await {
                 Ok(Ok(_)) => break Ok(()),
                 Ok(Err((e, _))) => {
-                    slot.renew_if_fatal(&producer);
+                    slot.renew_if_fatal(&live);
                     e
                 }
                 // The producer was dropped: the bridge is stopping.
