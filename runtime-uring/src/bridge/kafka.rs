@@ -376,6 +376,13 @@ impl StatsContext {
 }
 
 impl ClientContext for StatsContext {
+    /// A broker away is the normal case the bridge waits out (librdkafka reconnects by
+    /// itself): a warning with the bridge's name, not an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let name = self.bridge.config.name.as_str();
+        warn!(bridge = name, "Kafka client: {error}: {reason}");
+    }
+
     fn stats(&self, statistics: Statistics) {
         let stats = &self.bridge.stats;
         if let Some(eos) = &statistics.eos {
