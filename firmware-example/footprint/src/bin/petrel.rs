@@ -24,10 +24,7 @@ fn main() -> ! {
     petrel_footprint::finish(ok)
 }
 
-fn job(
-    client: &mut Client<'_, 2, BUF>,
-    link: &mut Link<petrel_firmware::uart::Uart, BUF>,
-) -> bool {
+fn job(client: &mut Client<'_, 2, BUF>, link: &mut Link<petrel_firmware::uart::Uart, BUF>) -> bool {
     let (mut connected, mut subscribed, mut acked, mut received) = (false, false, false, false);
     if client.connect(now()).is_err() {
         return false;
