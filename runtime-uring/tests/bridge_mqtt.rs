@@ -125,9 +125,12 @@ fn connects(broker: &Broker) -> usize {
     broker.log().matches("bridge connected").count()
 }
 
-/// The bridge's remote subscriptions are in place a moment after it connects.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(500));
+/// Waits until the remote broker has acknowledged the bridge's subscriptions, so what is
+/// published there from now on comes in.
+fn settle(broker: &Broker) {
+    wait_until("the bridge's remote subscriptions", || {
+        broker.log().contains("bridge subscribed")
+    });
 }
 
 fn out_keeps_qos_and_swaps_prefixes(protocol: &str) {
@@ -201,7 +204,7 @@ fn in_arrives_with_the_local_prefix() {
          local_prefix = \"site/\", remote_prefix = \"plant/a/\" }]",
         "",
     );
-    settle();
+    settle(&petrel);
     let sub = Sub::start(
         &petrel,
         &[
@@ -245,16 +248,27 @@ fn both_does_not_loop(protocol: &str) {
         ),
         "",
     );
-    settle();
-    let local = Sub::start(&petrel, &["-t", "x/#", "-q", "1", "-v", "-W", "4"]);
-    let far = Sub::start_on(remote.port, &["-t", "x/#", "-q", "1", "-v", "-W", "4"]);
+    settle(&petrel);
+    // Both subscribers are subscribed (SUBACK) once started; they run until killed.
+    let local = Sub::start(&petrel, &["-t", "x/#", "-q", "1", "-v"]);
+    let far = Sub::start_on(remote.port, &["-t", "x/#", "-q", "1", "-v"]);
     publish(&petrel, &["-t", "x/from-petrel", "-q", "1", "-m", "a"]);
     publish_on(
         remote.port,
         &["-t", "x/from-mosquitto", "-q", "1", "-m", "b"],
     );
+    // Each side gets both messages, however slow the machine...
+    for (side, sub) in [("petrel", &local), ("mosquitto", &far)] {
+        wait_until(&format!("both messages on {side}"), || {
+            sub.so_far().len() >= 2
+        });
+    }
+    // ...and a loop would bring them back within moments: after a quiet while, still
+    // exactly once each.
+    std::thread::sleep(Duration::from_secs(2));
     for (side, sub) in [("petrel", local), ("mosquitto", far)] {
-        let mut lines = sub.lines();
+        let mut lines = sub.so_far();
+        sub.kill();
         lines.sort();
         assert_eq!(
             lines,

@@ -137,12 +137,13 @@ fn mosquitto_pub(host: &str, port: u16, tls: &[&str], topic: &str, message: &str
 fn assert_roundtrip(broker: &Broker, port: u16, host: &str, tls: &[&str], topic: &str) {
     let port_arg = port.to_string();
     let mut sub_args = vec![
-        "-h", host, "-p", &port_arg, "-t", topic, "-C", "1", "-W", "10",
+        "-h", host, "-p", &port_arg, "-t", topic, "-C", "1", "-W", "30",
     ];
     sub_args.extend_from_slice(tls);
     let sub = Sub::start(broker, &sub_args);
-    // Retained, so a subscriber whose TLS handshake (slow in a debug build on a busy
-    // machine) ends after the publish still gets it.
+    // `Sub::start` waited for the SUBACK; retained all the same, so the message does not
+    // hang on that. -W counts from its start, TLS handshake included (slow in a debug
+    // build on a busy machine), and bounds only a failure: -C 1 ends it on the message.
     let mut pub_args = vec!["-r"];
     pub_args.extend_from_slice(tls);
     let output = mosquitto_pub(host, port, &pub_args, topic, "over-tls");
@@ -387,7 +388,9 @@ fn server_certificates_reload_on_sighup_and_on_change() {
         "-C",
         "1",
     ];
-    args.extend_from_slice(&["-W", "20"]);
+    // It must outlast both reloads below (each waits up to 15 s on a slow machine); -C 1
+    // ends it as soon as its message comes.
+    args.extend_from_slice(&["-W", "60"]);
     args.extend_from_slice(&trusting_old);
     let kept = Sub::start(&broker, &args);
 

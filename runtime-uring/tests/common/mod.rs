@@ -193,16 +193,19 @@ pub struct Sub {
 }
 
 impl Sub {
-    /// `mosquitto_sub -v` on `broker` with extra arguments; returns after giving it time to
-    /// connect and subscribe, so publishes after this are not missed.
+    /// `mosquitto_sub -v` on `broker` with extra arguments; returns once it has its SUBACK
+    /// (or has ended), so publishes after this are not missed.
     pub fn start(broker: &Broker, args: &[&str]) -> Sub {
         Sub::start_on(broker.addr.port(), args)
     }
 
     /// [`Sub::start`] on any broker's port (a mosquitto the test started, say).
     pub fn start_on(port: u16, args: &[&str]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
+        // -d: its debug lines say when the SUBACK came; `lines` leaves them out. It flushes
+        // only its messages, so stdbuf (coreutils) makes the debug lines come as written.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-d"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -222,13 +225,25 @@ impl Sub {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        // mosquitto_sub prints nothing on SUBACK; give it time to connect and subscribe.
-        std::thread::sleep(Duration::from_millis(300));
+        // A sleep here was too short on a loaded machine. A refused connection or
+        // subscription ends the process (or its -W does) instead of subscribing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !output.lock().unwrap().contains("\nSubscribed (mid: ")
+            && matches!(child.try_wait(), Ok(None))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Sub {
             child,
             output,
             reader: Some(reader),
         }
+    }
+
+    /// Whether it got its SUBACK (`start` returns before that only if it ended).
+    pub fn subscribed(&self) -> bool {
+        self.output.lock().unwrap().contains("\nSubscribed (mid: ")
     }
 
     /// Waits for it to exit (it should have a -C count or -W timeout) and returns its lines.
@@ -248,14 +263,16 @@ impl Sub {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let out = self.output.lock().unwrap().clone();
-        out.lines().map(str::to_string).collect()
+        self.so_far()
     }
 
     /// The lines printed so far, while it goes on running.
     pub fn so_far(&self) -> Vec<String> {
         let out = self.output.lock().unwrap().clone();
-        out.lines().map(str::to_string).collect()
+        out.lines()
+            .filter(|line| !is_debug_line(line))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Kills it abruptly (no DISCONNECT), as a crashed client would end.
@@ -263,6 +280,28 @@ impl Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One of `mosquitto_sub -d`'s lines: "Client ID sending SUBSCRIBE (...)", "Client ID
+/// received PUBLISH (...)", "Subscribed (mid: 1): 0".
+fn is_debug_line(line: &str) -> bool {
+    if line.starts_with("Subscribed (mid: ") {
+        return true;
+    }
+    let Some(rest) = line.strip_prefix("Client ") else {
+        return false;
+    };
+    let Some((_id, rest)) = rest.split_once(' ') else {
+        return false;
+    };
+    let Some(rest) = rest
+        .strip_prefix("sending ")
+        .or_else(|| rest.strip_prefix("received "))
+    else {
+        return false;
+    };
+    let packet = rest.split(' ').next().unwrap_or("");
+    !packet.is_empty() && packet.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 impl Drop for Sub {

@@ -300,6 +300,7 @@ impl<'a> Link<'a> {
             }
             ClientEvent::Subscribed { reason_codes, .. } => {
                 let inward = self.config.topics.iter().filter(|t| t.direction.inward());
+                let mut refused = 0;
                 for (topic, code) in inward.zip(reason_codes.iter()) {
                     if code.is_error() {
                         warn!(
@@ -308,8 +309,12 @@ impl<'a> Link<'a> {
                             ?code,
                             "the remote broker refused a subscription"
                         );
+                        refused += 1;
                     }
                 }
+                // From here on the remote's messages come in: operators (and tests) can
+                // tell "connected" from "receiving".
+                info!(bridge = self.config.name, refused, "bridge subscribed");
             }
             ClientEvent::Disconnected { reason, .. } => {
                 return Err(format!("the remote broker disconnected: {reason:?}"))
