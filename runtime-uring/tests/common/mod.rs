@@ -283,9 +283,16 @@ impl Sub {
 }
 
 /// One of `mosquitto_sub -d`'s lines: "Client ID sending SUBSCRIBE (...)", "Client ID
-/// received PUBLISH (...)", "Subscribed (mid: 1): 0".
+/// received PUBLISH (...)", "Subscribed (mid: 1): 0", "Received DISCONNECT (152)", and
+/// libmosquitto's warnings and errors (without -d they are not on stdout at all).
 fn is_debug_line(line: &str) -> bool {
-    if line.starts_with("Subscribed (mid: ") {
+    let prefixes = [
+        "Subscribed (mid: ",
+        "Received DISCONNECT (",
+        "Warning: ",
+        "Error: ",
+    ];
+    if prefixes.iter().any(|prefix| line.starts_with(prefix)) {
         return true;
     }
     let Some(rest) = line.strip_prefix("Client ") else {
