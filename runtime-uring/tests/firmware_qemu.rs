@@ -15,9 +15,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{Broker, Sub};
 
 /// What the firmware publishes under `petrel/fw/{version}/` (`MESSAGES` in
 /// `firmware-example/src/demo.rs`).
@@ -126,15 +126,8 @@ impl Drop for Mosquitto {
 /// watching `petrel/fw/{version}/#`, and checks both.
 fn run_demo(port: u16, bin: &str, version: &str) {
     let elf = firmware_bins().join(bin);
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"])
-        .args(["-t", &format!("petrel/fw/{version}/#")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-    // mosquitto_sub prints nothing on SUBACK; give it time to subscribe.
-    std::thread::sleep(Duration::from_millis(500));
+    let sub = Sub::start_on(port, &["-q", "1", "-t", &format!("petrel/fw/{version}/#")]);
+    assert!(sub.subscribed(), "mosquitto_sub did not subscribe");
 
     let qemu: Output = Command::new("timeout")
         .arg(QEMU_TIMEOUT_SECS)
@@ -144,9 +137,17 @@ fn run_demo(port: u16, bin: &str, version: &str) {
         .output()
         .expect("run qemu-run.sh (apt-get install qemu-system-arm)");
 
-    let _ = sub.kill();
-    let seen = sub.wait_with_output().expect("mosquitto_sub output");
-    let seen = String::from_utf8_lossy(&seen.stdout);
+    let expected: Vec<String> = MESSAGES
+        .iter()
+        .map(|message| format!("petrel/fw/{version}/{message} {message}"))
+        .collect();
+    // The firmware has its own copies back, but the subscriber's may still be on the way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !expected.iter().all(|line| sub.so_far().contains(line)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = sub.so_far().join("\n");
+    sub.kill();
     let log = String::from_utf8_lossy(&qemu.stdout);
     let errors = String::from_utf8_lossy(&qemu.stderr);
     assert_eq!(
@@ -155,8 +156,7 @@ fn run_demo(port: u16, bin: &str, version: &str) {
         "{bin} failed (status 2..=9 names the step: `Failure` in firmware-example/src/demo.rs; \
          124 is the timeout)\nlog:\n{log}\nstderr:\n{errors}\nsubscriber saw:\n{seen}"
     );
-    for message in MESSAGES {
-        let line = format!("petrel/fw/{version}/{message} {message}");
+    for line in expected {
         assert!(
             seen.lines().any(|l| l == line),
             "the subscriber missed {line:?}; it saw:\n{seen}"
