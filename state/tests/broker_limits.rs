@@ -3,6 +3,8 @@
 //! window and the queue behind it, and the counters `$SYS` reports for them and for the
 //! packet-size and receive-maximum limits.
 
+mod broker_wire;
+
 use bytes::{Bytes, BytesMut};
 use petrel_codec::{
     Connect, Decoded, Decoder, List, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
@@ -41,26 +43,23 @@ impl Net {
     }
 
     fn send(&mut self, client: &Client, packet: Packet<'_>) {
-        let mut buf = BytesMut::new();
-        packet.encode_to_bytes(client.version, &mut buf).unwrap();
-        self.broker.handle_bytes(self.now, client.id, &buf);
+        broker_wire::send(
+            &mut self.broker,
+            self.now,
+            client.id,
+            client.version,
+            packet,
+        );
     }
 
     fn frames(&mut self, client: &mut Client) -> Vec<Bytes> {
-        while self
-            .broker
-            .poll_transmit(self.now, client.id, &mut client.inbox)
-            > 0
-        {}
-        let decoder = Decoder::new(client.version);
-        let mut frames = Vec::new();
-        while let Ok(Some(h)) = decoder.header(&client.inbox) {
-            if h.packet_len() > client.inbox.len() {
-                break;
-            }
-            frames.push(client.inbox.split_to(h.packet_len()).freeze());
-        }
-        frames
+        broker_wire::frames(
+            &mut self.broker,
+            self.now,
+            client.id,
+            client.version,
+            &mut client.inbox,
+        )
     }
 
     /// The reasons of the acknowledgements and DISCONNECTs received since the last call.

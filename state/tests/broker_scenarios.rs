@@ -1,6 +1,8 @@
 //! Scenario tests of the broker core, one behaviour each, with clients played by packets
 //! encoded with the codec. Each names the normative statement it checks.
 
+mod broker_wire;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -72,27 +74,18 @@ impl Net {
     }
 
     fn send(&mut self, peer: &Peer, packet: Packet<'_>) {
-        let mut buf = BytesMut::new();
-        packet.encode_to_bytes(peer.version, &mut buf).unwrap();
-        self.broker.handle_bytes(self.now, peer.id, &buf);
+        broker_wire::send(&mut self.broker, self.now, peer.id, peer.version, packet);
     }
 
     /// Every frame the broker sent this peer since the last call.
     fn frames(&mut self, peer: &mut Peer) -> Vec<Bytes> {
-        while self
-            .broker
-            .poll_transmit(self.now, peer.id, &mut peer.inbox)
-            > 0
-        {}
-        let decoder = Decoder::new(peer.version);
-        let mut frames = Vec::new();
-        while let Ok(Some(h)) = decoder.header(&peer.inbox) {
-            if h.packet_len() > peer.inbox.len() {
-                break;
-            }
-            frames.push(peer.inbox.split_to(h.packet_len()).freeze());
-        }
-        frames
+        broker_wire::frames(
+            &mut self.broker,
+            self.now,
+            peer.id,
+            peer.version,
+            &mut peer.inbox,
+        )
     }
 
     /// The PUBLISH packets a peer received, acknowledging each as a client would.
