@@ -137,6 +137,12 @@ fn wait_for(committed: &Receiver<(usize, u64)>, token: u64) {
     }
 }
 
+/// The committer settings of [`churn`], before and after its restart.
+const CHURN_SETTINGS: CommitSettings = CommitSettings {
+    window: Duration::from_millis(1),
+    durable: true,
+};
+
 /// Changes one session the ways the broker does (messages queued, sent, acknowledged, a
 /// QoS 2 handshake moving on, a message put back at the queue's front, the exactly-once
 /// markers), saving it after each change through the committer over `open()`; then checks
@@ -152,10 +158,7 @@ pub fn churn(open: impl Fn() -> Box<dyn Backend>) {
             inner: open(),
             written: written.clone(),
         }),
-        CommitSettings {
-            window: Duration::from_millis(1),
-            durable: true,
-        },
+        CHURN_SETTINGS,
         clock,
         listener,
     )
@@ -267,16 +270,7 @@ pub fn churn(open: impl Fn() -> Box<dyn Backend>) {
 
     // A restarted broker saves the session whole once, over what is there, then in diffs.
     let (listener, committed) = commits();
-    let committer = Committer::start(
-        store,
-        CommitSettings {
-            window: Duration::from_millis(1),
-            durable: true,
-        },
-        clock,
-        listener,
-    )
-    .unwrap();
+    let committer = Committer::start(store, CHURN_SETTINGS, clock, listener).unwrap();
     let mut shard = committer.shard(0);
     record.session.queue.pop_front();
     record.session.queued_bytes = record.session.queue.iter().map(|d| d.message.size()).sum();
