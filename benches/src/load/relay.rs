@@ -15,7 +15,7 @@
 //! frame.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -29,8 +29,9 @@ use super::raw::{HELLO_LEN, MAGIC};
 /// Chunks queued per subscriber before its publishers wait.
 const CHANNEL_DEPTH: usize = 64;
 
-/// How much a publisher's read buffer takes per read.
-const READ_CHUNK: usize = 64 * 1024;
+/// How much a publisher's read buffer takes per read: a publisher with a window of 1,024
+/// small messages has about 90 KiB in flight, which one read then takes whole.
+const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Default)]
 struct Groups {
@@ -141,10 +142,41 @@ async fn forward(
     }
 }
 
-/// A subscriber: writes what its publishers hand over, in order.
+/// A subscriber: writes what its publishers hand over, in order, everything queued at one
+/// wake-up in one gathering write (fan-in: a chunk from each of eight publishers per
+/// `writev`, not eight writes).
 async fn write_out(mut stream: TcpStream, mut rx: mpsc::Receiver<Bytes>) -> io::Result<()> {
-    while let Some(chunk) = rx.recv().await {
-        stream.write_all(&chunk).await?;
+    let mut chunks = Vec::with_capacity(CHANNEL_DEPTH);
+    while rx.recv_many(&mut chunks, CHANNEL_DEPTH).await > 0 {
+        write_chunks(&mut stream, &chunks).await?;
+        chunks.clear();
+    }
+    Ok(())
+}
+
+/// Writes `chunks` whole, in order, with as few `writev` calls as the socket allows.
+async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+    // The first chunk not yet written whole, and how much of it is.
+    let (mut first, mut offset) = (0, 0);
+    let mut slices = Vec::with_capacity(chunks.len());
+    while first < chunks.len() {
+        slices.clear();
+        slices.push(IoSlice::new(&chunks[first][offset..]));
+        slices.extend(chunks[first + 1..].iter().map(|c| IoSlice::new(c)));
+        let mut n = stream.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = chunks[first].len() - offset;
+            if n < left {
+                offset += n;
+                break;
+            }
+            n -= left;
+            first += 1;
+            offset = 0;
+        }
     }
     Ok(())
 }
