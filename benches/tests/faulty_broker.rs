@@ -284,7 +284,7 @@ fn fan_in_qos1_counts_exactly_what_the_broker_dropped_and_duplicated() {
     c.sub_qos = QoS::AtLeastOnce;
     c.count = Some(500);
     c.duration = None;
-    c.inflight = 16;
+    c.inflight = Some(16);
     let r = run_blocking(&c).unwrap();
     assert_eq!(r.published.sent, 2000);
     assert_eq!(r.published.acked, 2000, "{}", r.human());

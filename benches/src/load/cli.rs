@@ -208,9 +208,11 @@ pub struct LoadArgs {
     /// much the sockets and queues in between can hold. At QoS 1/2 also: sent but not yet
     /// acknowledged (the only bound for `pub`). Over 3.1.1 a client cannot learn the
     /// broker's limit: mosquitto closes a client with more than 20 QoS 2 messages awaiting
-    /// PUBREL (its max_inflight_messages), so stay below it there.
-    #[arg(short, long, default_value_t = 64)]
-    pub inflight: usize,
+    /// PUBREL (its max_inflight_messages), so stay below it there. Default: 64 at QoS 1/2,
+    /// 1024 at QoS 0, where the window holds nothing in the broker and a small one makes
+    /// every publisher wait for a round trip every few kilobytes.
+    #[arg(short, long)]
+    pub inflight: Option<usize>,
     /// The longest wait for messages still on their way after publishing stops; what has
     /// not arrived by then counts as lost. The wait ends early once everything arrived or
     /// nothing arrived for a second.
@@ -452,7 +454,7 @@ fn apply_load(c: &mut Config, l: &LoadArgs, default_qos: QoS) -> Result<(), Stri
     };
     c.warmup = l.warmup;
     c.rate = l.rate.filter(|r| *r > 0.0);
-    c.inflight = l.inflight.max(1);
+    c.inflight = l.inflight;
     c.drain = l.drain;
     c.relay = l.relay;
     c.topic_prefix = l.topic_prefix.clone();

@@ -177,7 +177,8 @@ fn describe(r: &Report) -> String {
         None if r.publishers > 0 => s.push_str(", unpaced"),
         None => {}
     }
-    if r.qos > 0 {
+    // In the presets the window bounds every QoS end to end, so it is part of the load.
+    if r.qos > 0 || (r.publishers > 0 && r.subscribers > 0) {
         let _ = write!(s, ", window {}", r.inflight);
     }
     if let Some(d) = r.duration_s {

@@ -219,7 +219,7 @@ impl Report {
             Some(r) => format!("paced at {} msg/s", fmt_rate(r)),
             None => "unpaced".into(),
         };
-        let window = if self.qos > 0 {
+        let window = if self.qos > 0 || (self.publishers > 0 && self.subscribers > 0) {
             format!(", window {}", self.inflight)
         } else {
             String::new()

@@ -97,8 +97,9 @@ pub struct Config {
     pub warmup: Duration,
     /// Total messages per second over all publishers; `None`: as fast as possible.
     pub rate: Option<f64>,
-    /// QoS 1/2 messages a publisher may have unacknowledged.
-    pub inflight: usize,
+    /// Messages a publisher may have outstanding (see `--inflight`); `None`: the default of
+    /// the publishes' QoS, [`default_window`].
+    pub inflight: Option<usize>,
     /// The longest wait for deliveries after publishing stops.
     pub drain: Duration,
     /// New connections per second; `None`: all at once (at most [`MAX_CONNECTING`] at a time).
@@ -126,13 +127,31 @@ pub struct Config {
     pub client_prefix: Option<String>,
 }
 
+/// The window a publisher gets unless told otherwise: 64 messages at QoS 1/2, 1,024 at
+/// QoS 0.
+///
+/// At QoS 1/2 the window is also what a broker must hold unacknowledged, and 64 is below
+/// every broker's limit here. At QoS 0 it only bounds what sits in sockets and queues
+/// between a publisher and its slowest subscriber, and 64 small messages are a few
+/// kilobytes: each publisher then waits for a round trip through the broker after every
+/// few kilobytes, so the run measures wake-up latency more than throughput, and the relay
+/// (which has the longest chain of wake-ups: generator, relay, generator) most of all.
+/// 1,024 messages of 64 bytes are about 90 KiB per publisher, a few socket buffers.
+pub fn default_window(qos: QoS) -> usize {
+    match qos {
+        QoS::AtMostOnce => 1024,
+        QoS::AtLeastOnce | QoS::ExactlyOnce => 64,
+    }
+}
+
 /// At most this many connection attempts are in progress at once when connecting is not
 /// paced: more would only overflow the broker's listen backlog and measure SYN retries.
 pub const MAX_CONNECTING: usize = 256;
 
 impl Config {
     /// A configuration with the CLI's defaults: 127.0.0.1:1883, MQTT 3.1.1, QoS 0, 64-byte
-    /// payloads, 10 s after a 1 s warm-up, unpaced, window 64.
+    /// payloads, 10 s after a 1 s warm-up, unpaced, the window of the QoS
+    /// ([`default_window`]).
     pub fn new(name: &str, topology: Topology) -> Config {
         Config {
             name: name.to_owned(),
@@ -150,7 +169,7 @@ impl Config {
             duration: Some(Duration::from_secs(10)),
             warmup: Duration::from_secs(1),
             rate: None,
-            inflight: 64,
+            inflight: None,
             drain: Duration::from_secs(5),
             connect_rate: None,
             hold: Duration::from_secs(5),
@@ -495,7 +514,12 @@ async fn run(config: &Config) -> Result<Report, String> {
             _ => config.count,
         },
         rate_per_publisher: config.rate.map(|r| r / publishers.max(1) as f64),
-        inflight: config.inflight.max(1),
+        // The QoS asked for, not the relay's: a relay run of a QoS 1 scenario keeps that
+        // scenario's window, so that it is the same load as against the brokers.
+        inflight: config
+            .inflight
+            .unwrap_or_else(|| default_window(config.qos))
+            .max(1),
         sub_count: match config.topology {
             Topology::Sub { .. } => config.count,
             _ => None,
