@@ -3,7 +3,7 @@
 
 mod broker_wire;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -976,10 +976,11 @@ impl Storage for SharedStore {
     }
 }
 
-/// A store that makes every batch durable only when the test says so.
+/// A store that makes every batch durable only when the test says so; `issued` is the last
+/// token it handed out.
 #[derive(Default)]
 struct SlowStore {
-    next: u64,
+    issued: Rc<Cell<u64>>,
 }
 
 impl Storage for SlowStore {
@@ -987,9 +988,176 @@ impl Storage for SlowStore {
     fn delete_session(&mut self, _client_id: &str) {}
     fn set_retained(&mut self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn commit(&mut self) -> Durability {
-        self.next += 1;
-        Durability::Pending(self.next)
+        self.issued.set(self.issued.get() + 1);
+        Durability::Pending(self.issued.get())
     }
+}
+
+/// A broker over a [`SlowStore`] whose connections get `max_inflight` messages in flight,
+/// and the store's last token.
+fn slow_net(max_inflight: u16) -> (Net, Rc<Cell<u64>>) {
+    let store = SlowStore::default();
+    let issued = store.issued.clone();
+    let config = BrokerConfig {
+        server: Arc::new(ServerConfig {
+            max_inflight,
+            ..ServerConfig::default()
+        }),
+        ..BrokerConfig::default()
+    };
+    let net = Net::with(
+        config,
+        Box::new(petrel_state::broker::AllowAll),
+        Box::new(store),
+    );
+    (net, issued)
+}
+
+impl Net {
+    /// Every batch the store has handed out so far is durable.
+    fn commit_all(&mut self, issued: &Cell<u64>) {
+        for token in 1..=issued.get() {
+            self.broker.storage_committed(self.now, token);
+        }
+    }
+
+    /// A connected peer, its CONNACK released by the store and taken.
+    fn connect_durably(&mut self, client_id: &str, issued: &Cell<u64>) -> Peer {
+        let id = self.broker.open(self.now, None);
+        let mut peer = Peer {
+            id,
+            version: V311,
+            inbox: BytesMut::new(),
+            next_id: 1,
+        };
+        self.send(
+            &peer,
+            Packet::Connect(Connect {
+                protocol_version: V311,
+                clean_start: false,
+                keep_alive: 0,
+                properties: Properties::default(),
+                client_id,
+                will: None,
+                username: None,
+                password: None,
+            }),
+        );
+        self.commit_all(issued);
+        let frames = self.frames(&mut peer);
+        assert!(matches!(decode(V311, &frames[0]), Packet::ConnAck(_)));
+        peer
+    }
+
+    /// Subscribes `peer` to `filter`, the SUBACK released by the store and taken.
+    fn subscribe_durably(&mut self, peer: &mut Peer, filter: &str, q: QoS, issued: &Cell<u64>) {
+        let filters = [SubscribeFilter {
+            filter,
+            options: qos(q),
+        }];
+        self.send(
+            peer,
+            Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                properties: Properties::default(),
+                filters: List::new(&filters),
+            }),
+        );
+        self.commit_all(issued);
+        let frames = self.frames(peer);
+        assert!(matches!(decode(V311, &frames[0]), Packet::SubAck(_)));
+    }
+
+    /// Sends a PUBLISH from `peer` with packet identifier `id`.
+    fn send_publish(&mut self, peer: &Peer, id: u16, payload: &[u8], q: QoS) {
+        self.send(
+            peer,
+            Packet::Publish(Publish {
+                qos: q,
+                topic: "t",
+                packet_id: Some(pid(id)),
+                payload,
+                ..Publish::default()
+            }),
+        );
+    }
+}
+
+/// The PUBLISH payloads among `frames`, with their packet identifiers.
+fn publishes(frames: &[Bytes]) -> Vec<(Vec<u8>, u16)> {
+    frames
+        .iter()
+        .filter_map(|f| match decode(V311, f) {
+            Packet::Publish(p) => Some((p.payload.to_vec(), p.packet_id.map_or(0, |i| i.get()))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_qos1_delivery_and_the_window_refill_leave_before_the_store_has_them() {
+    let (mut net, issued) = slow_net(1);
+    let mut sub = net.connect_durably("sub", &issued);
+    net.subscribe_durably(&mut sub, "t", QoS::AtLeastOnce, &issued);
+    let mut publisher = net.connect_durably("pub", &issued);
+    net.send_publish(&publisher, 1, b"one", QoS::AtLeastOnce);
+    net.send_publish(&publisher, 2, b"two", QoS::AtLeastOnce);
+    let got = net.frames(&mut sub);
+    assert_eq!(
+        publishes(&got),
+        [(b"one".to_vec(), 1)],
+        "a QoS 1 delivery does not wait for the batch that stores it; the second waits \
+         behind the window of one"
+    );
+    assert!(
+        net.frames(&mut publisher).is_empty(),
+        "the publisher's PUBACKs wait for the store"
+    );
+    net.send(&sub, Packet::PubAck(PubResponse::new(pid(1))));
+    assert_eq!(
+        publishes(&net.frames(&mut sub)),
+        [(b"two".to_vec(), 2)],
+        "the PUBACK refills the window at once, not after its batch commits"
+    );
+    net.commit_all(&issued);
+    let acks = net.frames(&mut publisher);
+    assert_eq!(acks.len(), 2);
+    assert!(acks
+        .iter()
+        .all(|f| matches!(decode(V311, f), Packet::PubAck(_))));
+}
+
+#[test]
+fn a_qos2_delivery_and_its_pubrel_wait_for_the_store() {
+    let (mut net, issued) = slow_net(100);
+    let mut sub = net.connect_durably("sub", &issued);
+    net.subscribe_durably(&mut sub, "t", QoS::ExactlyOnce, &issued);
+    let mut publisher = net.connect_durably("pub", &issued);
+    net.send_publish(&publisher, 1, b"once", QoS::ExactlyOnce);
+    assert!(
+        net.frames(&mut sub).is_empty(),
+        "a QoS 2 PUBLISH waits until the store knows its packet identifier"
+    );
+    assert!(
+        net.frames(&mut publisher).is_empty(),
+        "and so does the PUBREC"
+    );
+    net.commit_all(&issued);
+    assert_eq!(publishes(&net.frames(&mut sub)), [(b"once".to_vec(), 1)]);
+    assert!(matches!(
+        decode(V311, &net.frames(&mut publisher)[0]),
+        Packet::PubRec(_)
+    ));
+    net.send(&sub, Packet::PubRec(PubResponse::new(pid(1))));
+    assert!(
+        net.frames(&mut sub).is_empty(),
+        "PUBREL waits until the store knows the PUBREC came"
+    );
+    net.commit_all(&issued);
+    assert!(matches!(
+        decode(V311, &net.frames(&mut sub)[0]),
+        Packet::PubRel(_)
+    ));
 }
 
 #[test]

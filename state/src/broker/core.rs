@@ -553,8 +553,8 @@ impl Broker {
         let refilled = state.conn.pending_transmit() > 0;
         let session = state.session;
         if refilled {
-            // The queue refilled the window: that new in-flight state is stored before the
-            // bytes go, like any other input's.
+            // The queue refilled the window: that new in-flight state is stored, and a QoS 2
+            // PUBLISH among the bytes waits until it is durable, like any other input's.
             if before != after {
                 if let Some(key) = session {
                     self.touched_sessions.insert(key);
@@ -2159,20 +2159,26 @@ impl Broker {
         }
         let durability = self.storage.commit_forwarding(&forwarded);
         self.forwarded_to = forwarded;
-        match durability {
-            Durability::Durable => {
-                self.touched_conns.extend(conns);
-            }
-            Durability::Pending(token) => {
-                for &id in &conns {
-                    if let Some(state) = self.conn_mut(id) {
+        // Only bytes that promise what this batch holds wait for it (acknowledgements, QoS 2
+        // deliveries: `ServerConnection::take_binding_output`). A QoS 0/1 delivery goes at
+        // once, so a subscriber's in-flight window refills without a commit per round trip;
+        // if its in-flight entry is lost in a crash, the message is sent again or its
+        // publisher, never acknowledged, sends it again.
+        let mut held = Vec::new();
+        for &id in &conns {
+            if let Some(state) = self.conn_mut(id) {
+                if state.conn.take_binding_output() {
+                    if let Durability::Pending(_) = durability {
                         state.barrier += 1;
+                        held.push(id);
                     }
                 }
-                self.awaiting.insert(token, (Vec::new(), conns.clone()));
-                self.touched_conns.extend(conns);
             }
         }
+        if let (Durability::Pending(token), false) = (durability, held.is_empty()) {
+            self.awaiting.insert(token, (Vec::new(), held));
+        }
+        self.touched_conns.extend(conns);
         self.mark_ready();
     }
 

@@ -124,6 +124,11 @@ pub struct ServerConnection {
     decoder: Decoder,
     rx: BytesMut,
     tx: BytesMut,
+    /// The length of `tx` when [`take_binding_output`](Self::take_binding_output) last
+    /// looked at it (0 once drained).
+    tx_checked: usize,
+    /// Bytes appended to `tx` since then that promise nothing: QoS 0 and 1 PUBLISH packets.
+    tx_unbinding: usize,
     events: VecDeque<ServerEvent>,
     session: Option<Session>,
     was_connected: bool,
@@ -173,6 +178,8 @@ impl ServerConnection {
             decoder,
             rx: BytesMut::new(),
             tx: BytesMut::new(),
+            tx_checked: 0,
+            tx_unbinding: 0,
             events: VecDeque::new(),
             session: None,
             was_connected: false,
@@ -255,6 +262,22 @@ impl ServerConnection {
     /// Bytes encoded and not yet taken by `poll_transmit`.
     pub fn pending_transmit(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Whether bytes encoded since the last call tell the client something that holds only
+    /// once the state behind it is stored, and must wait for the store: an acknowledgement,
+    /// a CONNACK or SUBACK, a QoS 2 PUBLISH or a PUBREL, anything but a QoS 0 or 1 PUBLISH
+    /// to the client. A QoS 0 or 1 PUBLISH may go before the store has its in-flight entry:
+    /// a restart that loses the entry sends the message again or not at all (if its
+    /// publisher was never acknowledged, the publisher sends it again), which at most once
+    /// and at least once allow. A QoS 2 PUBLISH may not: after such a restart the same
+    /// packet identifier could carry another message, which the client would take for the
+    /// first one's duplicate (`docs/PERSISTENCE.md`, "What waits for the store").
+    pub fn take_binding_output(&mut self) -> bool {
+        let binding = self.tx.len() > self.tx_checked + self.tx_unbinding;
+        self.tx_checked = self.tx.len();
+        self.tx_unbinding = 0;
+        binding
     }
 
     /// Whether the transport should read more now. False while the broker has not answered
@@ -340,9 +363,11 @@ impl ServerConnection {
             out.extend_from_slice(&self.tx);
             self.tx.clear();
         }
+        self.tx_checked = 0;
+        self.tx_unbinding = 0;
         // Refill for the next call: what the queue held back waited for this room. The
-        // bytes stay here until then, so a store can make the new in-flight state durable
-        // before they leave.
+        // bytes stay here until then, so that the broker stores the new in-flight state
+        // first (and holds a QoS 2 PUBLISH until that is durable).
         self.pump(now);
         n
     }
@@ -1258,6 +1283,7 @@ impl ServerConnection {
             }
         };
         let alias = self.outbound_alias(&delivery.message.topic);
+        let before = self.tx.len();
         let sent = match encoded {
             Some(shared) if alias.is_none() && is_plain(self.version, &delivery) => {
                 let sent = shared.write(
@@ -1292,6 +1318,9 @@ impl ServerConnection {
             // [MQTT-3.1.2-25]: too large for the client: dropped as if sent.
             session.dropped.too_large += 1;
             return DeliveryOutcome::Dropped(DropReason::TooLarge);
+        }
+        if delivery.qos != QoS::ExactlyOnce {
+            self.tx_unbinding += self.tx.len().saturating_sub(before);
         }
         if let Some(packet_id) = packet_id {
             let state = if delivery.qos == QoS::AtLeastOnce {
