@@ -996,13 +996,17 @@ impl Storage for SlowStore {
 /// A broker over a [`SlowStore`] whose connections get `max_inflight` messages in flight,
 /// and the store's last token.
 fn slow_net(max_inflight: u16) -> (Net, Rc<Cell<u64>>) {
+    slow_net_with(ServerConfig {
+        max_inflight,
+        ..ServerConfig::default()
+    })
+}
+
+fn slow_net_with(server: ServerConfig) -> (Net, Rc<Cell<u64>>) {
     let store = SlowStore::default();
     let issued = store.issued.clone();
     let config = BrokerConfig {
-        server: Arc::new(ServerConfig {
-            max_inflight,
-            ..ServerConfig::default()
-        }),
+        server: Arc::new(server),
         ..BrokerConfig::default()
     };
     let net = Net::with(
@@ -1023,6 +1027,11 @@ impl Net {
 
     /// A connected peer, its CONNACK released by the store and taken.
     fn connect_durably(&mut self, client_id: &str, issued: &Cell<u64>) -> Peer {
+        self.resume_durably(client_id, issued).0
+    }
+
+    /// [`Net::connect_durably`], with the frames that came after the CONNACK.
+    fn resume_durably(&mut self, client_id: &str, issued: &Cell<u64>) -> (Peer, Vec<Bytes>) {
         let id = self.broker.open(self.now, None);
         let mut peer = Peer {
             id,
@@ -1044,9 +1053,12 @@ impl Net {
             }),
         );
         self.commit_all(issued);
-        let frames = self.frames(&mut peer);
-        assert!(matches!(decode(V311, &frames[0]), Packet::ConnAck(_)));
-        peer
+        let mut frames = self.frames(&mut peer);
+        assert!(matches!(
+            decode(V311, &frames.remove(0)),
+            Packet::ConnAck(_)
+        ));
+        (peer, frames)
     }
 
     /// Subscribes `peer` to `filter`, the SUBACK released by the store and taken.
@@ -1075,7 +1087,7 @@ impl Net {
             Packet::Publish(Publish {
                 qos: q,
                 topic: "t",
-                packet_id: Some(pid(id)),
+                packet_id: (q != QoS::AtMostOnce).then(|| pid(id)),
                 payload,
                 ..Publish::default()
             }),
@@ -1125,6 +1137,41 @@ fn a_qos1_delivery_and_the_window_refill_leave_before_the_store_has_them() {
     assert!(acks
         .iter()
         .all(|f| matches!(decode(V311, f), Packet::PubAck(_))));
+}
+
+#[test]
+fn a_qos0_message_taken_from_the_queue_waits_until_the_store_no_longer_holds_it_there() {
+    let (mut net, issued) = slow_net_with(ServerConfig {
+        max_inflight: 1,
+        queue: QueueLimits {
+            queue_qos0_offline: true,
+            ..QueueLimits::default()
+        },
+        ..ServerConfig::default()
+    });
+    let mut sub = net.connect_durably("sub", &issued);
+    net.subscribe_durably(&mut sub, "t", QoS::AtLeastOnce, &issued);
+    net.drop_connection(&mut sub);
+    let publisher = net.connect_durably("pub", &issued);
+    net.send_publish(&publisher, 1, b"a", QoS::AtLeastOnce);
+    net.send_publish(&publisher, 2, b"b", QoS::AtLeastOnce);
+    net.send_publish(&publisher, 0, b"z", QoS::AtMostOnce);
+    net.commit_all(&issued);
+    let (mut sub, after_connack) = net.resume_durably("sub", &issued);
+    let a = publishes(&after_connack);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].0, b"a");
+    net.send(&sub, Packet::PubAck(PubResponse::new(pid(a[0].1))));
+    let b = publishes(&net.frames(&mut sub));
+    assert_eq!(b.len(), 1, "a QoS 1 refill goes at once");
+    assert_eq!(b[0].0, b"b");
+    net.send(&sub, Packet::PubAck(PubResponse::new(pid(b[0].1))));
+    assert!(
+        net.frames(&mut sub).is_empty(),
+        "a QoS 0 message the store still holds as queued is not sent yet"
+    );
+    net.commit_all(&issued);
+    assert_eq!(publishes(&net.frames(&mut sub)), [(b"z".to_vec(), 0)]);
 }
 
 #[test]

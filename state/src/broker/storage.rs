@@ -4,8 +4,10 @@
 //! The broker calls the store synchronously while it handles an input, then calls
 //! [`Storage::commit`] once at the end of that input. A store that makes the batch durable
 //! later (a disk with group commit, a Redis round trip) answers [`Durability::Pending`]; the
-//! broker then holds back every acknowledgement and every outbound byte that the batch
-//! covers until the runtime reports [`Broker::storage_committed`](super::Broker::storage_committed).
+//! broker then holds back every acknowledgement and every other outbound byte that promises
+//! what the batch holds (not a QoS 0 or 1 delivery: see
+//! [`ServerConnection::take_binding_output`](crate::server::ServerConnection::take_binding_output))
+//! until the runtime reports [`Broker::storage_committed`](super::Broker::storage_committed).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;

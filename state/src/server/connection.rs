@@ -266,13 +266,14 @@ impl ServerConnection {
 
     /// Whether bytes encoded since the last call tell the client something that holds only
     /// once the state behind it is stored, and must wait for the store: an acknowledgement,
-    /// a CONNACK or SUBACK, a QoS 2 PUBLISH or a PUBREL, anything but a QoS 0 or 1 PUBLISH
-    /// to the client. A QoS 0 or 1 PUBLISH may go before the store has its in-flight entry:
-    /// a restart that loses the entry sends the message again or not at all (if its
-    /// publisher was never acknowledged, the publisher sends it again), which at most once
-    /// and at least once allow. A QoS 2 PUBLISH may not: after such a restart the same
-    /// packet identifier could carry another message, which the client would take for the
-    /// first one's duplicate (`docs/PERSISTENCE.md`, "What waits for the store").
+    /// a CONNACK or SUBACK, a QoS 2 PUBLISH or a PUBREL, a QoS 0 PUBLISH taken from the
+    /// session queue (sent twice if a restart finds it still queued); anything but a QoS 1
+    /// PUBLISH or a QoS 0 one routed straight to the client. A QoS 1 PUBLISH may go before
+    /// the store has its in-flight entry: a restart that loses the entry sends the message
+    /// again, or, if nothing of it was durable, its publisher (never acknowledged) sends it
+    /// again, which at least once allows. A QoS 2 PUBLISH may not: after such a restart the
+    /// same packet identifier could carry another message, which the client would take for
+    /// the first one's duplicate (`docs/PERSISTENCE.md`, "What waits for the store").
     pub fn take_binding_output(&mut self) -> bool {
         let binding = self.tx.len() > self.tx_checked + self.tx_unbinding;
         self.tx_checked = self.tx.len();
@@ -698,7 +699,7 @@ impl ServerConnection {
                     DeliveryOutcome::Dropped(DropReason::QueueFull)
                 };
             }
-            return self.send_delivery(now, delivery, encoded);
+            return self.send_delivery(now, delivery, encoded, false);
         }
         let window_full = session.outbound.len() >= usize::from(self.client_receive_maximum);
         if buffer_full || window_full || !session.queue.is_empty() {
@@ -709,7 +710,7 @@ impl ServerConnection {
                 DeliveryOutcome::Dropped(DropReason::QueueFull)
             };
         }
-        self.send_delivery(now, delivery, encoded)
+        self.send_delivery(now, delivery, encoded, false)
     }
 
     /// Closes the connection from the server side with `reason` (for example 0x8E when a new
@@ -1257,16 +1258,18 @@ impl ServerConnection {
                 session.dropped.expired += 1;
                 continue;
             }
-            self.send_delivery(now, delivery, None);
+            self.send_delivery(now, delivery, None, true);
         }
     }
 
     /// Encodes a delivery: a packet identifier and an in-flight entry for QoS 1 and 2.
+    /// `queued`: it comes from the session queue.
     fn send_delivery(
         &mut self,
         now: Instant,
         delivery: Delivery,
         encoded: Option<&mut SharedPublish>,
+        queued: bool,
     ) -> DeliveryOutcome {
         let Some(session) = self.session.as_mut() else {
             return DeliveryOutcome::NotConnected(delivery);
@@ -1319,7 +1322,14 @@ impl ServerConnection {
             session.dropped.too_large += 1;
             return DeliveryOutcome::Dropped(DropReason::TooLarge);
         }
-        if delivery.qos != QoS::ExactlyOnce {
+        // A QoS 0 message taken from the queue waits until the store no longer holds it
+        // there, or a restart would send it a second time.
+        let binding = match delivery.qos {
+            QoS::AtMostOnce => queued,
+            QoS::AtLeastOnce => false,
+            QoS::ExactlyOnce => true,
+        };
+        if !binding {
             self.tx_unbinding += self.tx.len().saturating_sub(before);
         }
         if let Some(packet_id) = packet_id {
