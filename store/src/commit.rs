@@ -19,7 +19,9 @@ use crate::record::{encode_message, encode_outbound, encode_queued, encode_sessi
 /// How batches become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitSettings {
-    /// How long the committer waits after the first batch of a group for others to join it.
+    /// How long a batch waits for others to join its transaction, counted from when its
+    /// shard sent it: a batch that waited out its window behind a commit in progress is
+    /// committed as soon as that commit ends, with whatever else waited with it.
     pub window: Duration,
     /// Whether a commit waits for stable storage (fsync) and acknowledgements wait for the
     /// commit. Without it, acknowledgements go out at once and the changes are written
@@ -69,6 +71,8 @@ struct Batch {
     /// 0 for a batch nobody waits for (`durable: false`).
     token: u64,
     ops: Vec<Op>,
+    /// When the shard sent it.
+    sent: WallInstant,
     /// The shards this batch's input forwarded acknowledged messages to. Each answers with a
     /// [`Link`], and the batch commits in the same transaction as what they stored of
     /// those messages.
@@ -165,6 +169,8 @@ struct Group {
     arrivals: u64,
     /// Links of batches in `later`: (shard, token) → (linking shard, upto).
     early: HashMap<(usize, u64), Vec<(usize, u64)>>,
+    /// When the oldest batch in the group was sent.
+    oldest: Option<WallInstant>,
 }
 
 fn raise(tokens: &mut Vec<u64>, shard: usize, token: u64) {
@@ -239,7 +245,17 @@ impl Group {
             .is_some_and(|(_, batch)| batch.token <= upto)
     }
 
+    /// When the window of the group's oldest batch ends (of a group holding no batch yet, a
+    /// window from now).
+    fn deadline(&self, window: Duration) -> WallInstant {
+        self.oldest.unwrap_or_else(WallInstant::now) + window
+    }
+
     fn join(&mut self, batch: Batch) {
+        self.oldest = Some(
+            self.oldest
+                .map_or(batch.sent, |oldest| oldest.min(batch.sent)),
+        );
         if batch.token > 0 {
             raise(&mut self.tokens, batch.shard, batch.token);
         }
@@ -300,6 +316,7 @@ impl Group {
     /// The changes to commit and the tokens they make durable; the group starts empty.
     fn take(&mut self) -> (Vec<Op>, Vec<u64>) {
         self.needed.clear();
+        self.oldest = None;
         (
             std::mem::take(&mut self.ops),
             std::mem::take(&mut self.tokens),
@@ -323,7 +340,10 @@ fn run(
                 Err(_) => break,
             }
         }
-        let deadline = WallInstant::now() + settings.window;
+        // Batches that arrived during the last commit have waited already: the window is
+        // each batch's, not the committer's, so a busy committer does not add a whole
+        // window to every commit after the first.
+        let deadline = group.deadline(settings.window);
         loop {
             let left = deadline.saturating_duration_since(WallInstant::now());
             match receiver.recv_timeout(left) {
@@ -495,6 +515,7 @@ impl ShardStorage {
                 shard: self.shard,
                 token,
                 ops,
+                sent: WallInstant::now(),
                 links,
             }));
         }
@@ -668,10 +689,15 @@ mod tests {
     use super::*;
 
     fn batch(shard: usize, token: u64, links: &[u16]) -> Item {
+        sent_batch(shard, token, links, WallInstant::now())
+    }
+
+    fn sent_batch(shard: usize, token: u64, links: &[u16], sent: WallInstant) -> Item {
         Item::Batch(Batch {
             shard,
             token,
             ops: vec![Op::DeleteSession(format!("{shard}/{token}"))],
+            sent,
             links: links.to_vec(),
         })
     }
@@ -876,6 +902,33 @@ mod tests {
         }
         drop((publisher, subscriber));
         committer.finish();
+    }
+
+    #[test]
+    fn the_window_counts_from_the_oldest_batch_even_one_that_waited_for_the_last_commit() {
+        let window = Duration::from_millis(2);
+        let start = WallInstant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut group = Group::default();
+        group.gather(sent_batch(0, 1, &[1], at(5)));
+        group.gather(sent_batch(1, 1, &[], at(3)));
+        assert_eq!(group.deadline(window), at(5));
+        // After the window, batch 1/2 arrives (at 6 ms) and waits while the group waits for
+        // 0/1's link and then commits.
+        group.close(sent_batch(1, 2, &[], at(6)));
+        group.close(link(1, 1, (0, 1)));
+        assert_eq!(keys(&group.take().0), ["0/1", "1/1"]);
+        group.resume();
+        assert_eq!(
+            group.deadline(window),
+            at(8),
+            "the next group's window is 1/2's, begun when it was sent"
+        );
+        group.take();
+        assert!(
+            group.deadline(window) >= WallInstant::now(),
+            "an empty group starts now"
+        );
     }
 
     #[test]
