@@ -2160,7 +2160,7 @@ impl Broker {
         let durability = self.storage.commit_forwarding(&forwarded);
         self.forwarded_to = forwarded;
         // Only bytes that promise what this batch holds wait for it (acknowledgements, QoS 2
-        // deliveries: `ServerConnection::take_binding_output`). A QoS 0/1 delivery goes at
+        // deliveries: `ServerConnection::take_binding_output`). A QoS 1 delivery goes at
         // once, so a subscriber's in-flight window refills without a commit per round trip;
         // if its in-flight entry is lost in a crash, the message is sent again or its
         // publisher, never acknowledged, sends it again.

@@ -5,7 +5,7 @@
 //! [`Storage::commit`] once at the end of that input. A store that makes the batch durable
 //! later (a disk with group commit, a Redis round trip) answers [`Durability::Pending`]; the
 //! broker then holds back every acknowledgement and every other outbound byte that promises
-//! what the batch holds (not a QoS 0 or 1 delivery: see
+//! what the batch holds (not a QoS 1 delivery: see
 //! [`ServerConnection::take_binding_output`](crate::server::ServerConnection::take_binding_output))
 //! until the runtime reports [`Broker::storage_committed`](super::Broker::storage_committed).
 

@@ -127,7 +127,8 @@ pub struct ServerConnection {
     /// The length of `tx` when [`take_binding_output`](Self::take_binding_output) last
     /// looked at it (0 once drained).
     tx_checked: usize,
-    /// Bytes appended to `tx` since then that promise nothing: QoS 0 and 1 PUBLISH packets.
+    /// Bytes appended to `tx` since then that promise nothing: QoS 1 PUBLISH packets, and
+    /// QoS 0 ones not taken from the session queue.
     tx_unbinding: usize,
     events: VecDeque<ServerEvent>,
     session: Option<Session>,
