@@ -267,15 +267,17 @@ fn packet_id(input: &[u8]) -> PResult<'_, PacketId> {
     }
 }
 
-fn properties_if_v5(
-    input: &[u8],
+/// Reads the property block of a 5.0 packet into `props` (empty); over 3.1.1 there is none.
+fn properties_if_v5<'a>(
+    input: &'a [u8],
     version: ProtocolVersion,
     context: PropertyContext,
-) -> PResult<'_, Properties<'_>> {
+    props: &mut Properties<'a>,
+) -> PResult<'a, ()> {
     if version.is_v5() {
-        decode_properties(input, context)
+        decode_properties(input, context, props)
     } else {
-        Ok((input, Properties::default()))
+        Ok((input, ()))
     }
 }
 
@@ -400,11 +402,14 @@ fn connect_rest(input: &[u8], version: ProtocolVersion) -> PResult<'_, Connect<'
         return fail(DecodeError::PasswordWithoutUsername);
     }
     let (input, keep_alive) = wire::u16_(input)?;
-    let (input, properties) = properties_if_v5(input, version, PropertyContext::Connect)?;
+    let mut properties = Properties::default();
+    let (input, ()) = properties_if_v5(input, version, PropertyContext::Connect, &mut properties)?;
     let (mut input, client_id) = wire::utf8(input)?;
     let mut will = None;
     if will_flag {
-        let (rest, will_properties) = properties_if_v5(input, version, PropertyContext::Will)?;
+        let mut will_properties = Properties::default();
+        let (rest, ()) =
+            properties_if_v5(input, version, PropertyContext::Will, &mut will_properties)?;
         let (rest, topic) = wire::utf8(rest)?;
         if let Err(e) = validate_topic_name(topic) {
             return fail(e);
@@ -470,14 +475,19 @@ fn decode_connack(body: &[u8], version: ProtocolVersion) -> Result<ConnAck<'_>, 
     if session_present && reason_code.is_error() {
         return Err(DecodeError::SessionPresentOnRefusal);
     }
-    let (input, properties) =
-        wire::finish(properties_if_v5(input, version, PropertyContext::ConnAck))?;
-    end(input)?;
-    Ok(ConnAck {
+    let mut connack = ConnAck {
         session_present,
         reason_code,
-        properties,
-    })
+        properties: Properties::default(),
+    };
+    let (input, ()) = wire::finish(properties_if_v5(
+        input,
+        version,
+        PropertyContext::ConnAck,
+        &mut connack.properties,
+    ))?;
+    end(input)?;
+    Ok(connack)
 }
 
 fn decode_publish(
@@ -500,12 +510,19 @@ fn decode_publish(
         input = rest;
     }
     // PUBLISH is the hot path, and most carry no property: an empty block (a zero length)
-    // skips the general parser, whose nom result costs a copy of the large `Properties`
-    // at each step.
-    let (payload, properties) = match input.split_first() {
-        _ if !version.is_v5() => (input, EMPTY_PROPERTIES),
-        Some((0, rest)) => (rest, EMPTY_PROPERTIES),
-        _ => wire::finish(decode_properties(input, PropertyContext::Publish))?,
+    // skips the general parser.
+    let mut properties = Properties::default();
+    let payload = match input.split_first() {
+        _ if !version.is_v5() => input,
+        Some((0, rest)) => rest,
+        _ => {
+            wire::finish(decode_properties(
+                input,
+                PropertyContext::Publish,
+                &mut properties,
+            ))?
+            .0
+        }
     };
     if topic.is_empty() {
         if !version.is_v5() {
@@ -539,7 +556,11 @@ fn decode_pub_response(
     version: ProtocolVersion,
 ) -> Result<PubResponse<'_>, DecodeError> {
     let (input, packet_id) = wire::finish(packet_id(body))?;
-    let mut response = PubResponse::new(packet_id);
+    let mut response = PubResponse {
+        packet_id,
+        reason_code: ReasonCode::Success,
+        properties: Properties::default(),
+    };
     if !version.is_v5() || input.is_empty() {
         end(input)?;
         return Ok(response);
@@ -554,19 +575,24 @@ fn decode_pub_response(
     if input.is_empty() {
         return Ok(response);
     }
-    let (input, properties) = wire::finish(decode_properties(
+    let (input, ()) = wire::finish(decode_properties(
         input,
         PropertyContext::PubResponse(packet_type),
+        &mut response.properties,
     ))?;
     end(input)?;
-    response.properties = properties;
     Ok(response)
 }
 
 fn decode_subscribe(body: &[u8], version: ProtocolVersion) -> Result<Subscribe<'_>, DecodeError> {
     let (input, packet_id) = wire::finish(packet_id(body))?;
-    let (payload, properties) =
-        wire::finish(properties_if_v5(input, version, PropertyContext::Subscribe))?;
+    let mut properties = Properties::default();
+    let (payload, ()) = wire::finish(properties_if_v5(
+        input,
+        version,
+        PropertyContext::Subscribe,
+        &mut properties,
+    ))?;
     if payload.is_empty() {
         return Err(DecodeError::NoTopicFilters);
     }
@@ -617,8 +643,13 @@ fn decode_reason_codes(
 
 fn decode_suback(body: &[u8], version: ProtocolVersion) -> Result<SubAck<'_>, DecodeError> {
     let (input, packet_id) = wire::finish(packet_id(body))?;
-    let (payload, properties) =
-        wire::finish(properties_if_v5(input, version, PropertyContext::SubAck))?;
+    let mut properties = Properties::default();
+    let (payload, ()) = wire::finish(properties_if_v5(
+        input,
+        version,
+        PropertyContext::SubAck,
+        &mut properties,
+    ))?;
     let reason_codes = decode_reason_codes(payload, PacketType::SubAck, |code| {
         if version.is_v5() {
             ReasonCode::from_u8(code).is_some_and(|c| c.allowed_in(ReasonContext::SubAck))
@@ -638,10 +669,12 @@ fn decode_unsubscribe(
     version: ProtocolVersion,
 ) -> Result<Unsubscribe<'_>, DecodeError> {
     let (input, packet_id) = wire::finish(packet_id(body))?;
-    let (payload, properties) = wire::finish(properties_if_v5(
+    let mut properties = Properties::default();
+    let (payload, ()) = wire::finish(properties_if_v5(
         input,
         version,
         PropertyContext::Unsubscribe,
+        &mut properties,
     ))?;
     if payload.is_empty() {
         return Err(DecodeError::NoTopicFilters);
@@ -669,7 +702,12 @@ fn decode_unsuback(body: &[u8], version: ProtocolVersion) -> Result<UnsubAck<'_>
             reason_codes: List::empty(),
         });
     }
-    let (payload, properties) = wire::finish(decode_properties(input, PropertyContext::UnsubAck))?;
+    let mut properties = Properties::default();
+    let (payload, ()) = wire::finish(decode_properties(
+        input,
+        PropertyContext::UnsubAck,
+        &mut properties,
+    ))?;
     let reason_codes = decode_reason_codes(payload, PacketType::UnsubAck, |code| {
         ReasonCode::from_u8(code).is_some_and(|c| c.allowed_in(ReasonContext::UnsubAck))
     })?;
@@ -681,43 +719,54 @@ fn decode_unsuback(body: &[u8], version: ProtocolVersion) -> Result<UnsubAck<'_>
 }
 
 fn decode_disconnect(body: &[u8], version: ProtocolVersion) -> Result<Disconnect<'_>, DecodeError> {
+    let mut disconnect = Disconnect {
+        reason_code: ReasonCode::NORMAL_DISCONNECTION,
+        properties: Properties::default(),
+    };
     if !version.is_v5() || body.is_empty() {
         end(body)?;
-        return Ok(Disconnect::default());
+        return Ok(disconnect);
     }
     let (input, reason_code) = wire::finish(reason_code(
         body,
         PacketType::Disconnect,
         ReasonContext::Disconnect,
     ))?;
+    disconnect.reason_code = reason_code;
     // "If the Remaining Length is less than 2, a value of 0 is used" (section 3.14.2.2.1).
     if input.is_empty() {
-        return Ok(Disconnect {
-            reason_code,
-            properties: Properties::default(),
-        });
+        return Ok(disconnect);
     }
-    let (input, properties) = wire::finish(decode_properties(input, PropertyContext::Disconnect))?;
+    let (input, ()) = wire::finish(decode_properties(
+        input,
+        PropertyContext::Disconnect,
+        &mut disconnect.properties,
+    ))?;
     end(input)?;
-    Ok(Disconnect {
-        reason_code,
-        properties,
-    })
+    Ok(disconnect)
 }
 
 fn decode_auth(body: &[u8]) -> Result<Auth<'_>, DecodeError> {
     // Only a remaining length of 0 may omit the reason code and properties (section 3.15.2).
     if body.is_empty() {
-        return Ok(Auth::default());
+        return Ok(Auth {
+            reason_code: ReasonCode::Success,
+            properties: Properties::default(),
+        });
     }
     let (input, reason_code) =
         wire::finish(reason_code(body, PacketType::Auth, ReasonContext::Auth))?;
-    let (input, properties) = wire::finish(decode_properties(input, PropertyContext::Auth))?;
-    end(input)?;
-    Ok(Auth {
+    let mut auth = Auth {
         reason_code,
-        properties,
-    })
+        properties: Properties::default(),
+    };
+    let (input, ()) = wire::finish(decode_properties(
+        input,
+        PropertyContext::Auth,
+        &mut auth.properties,
+    ))?;
+    end(input)?;
+    Ok(auth)
 }
 
 // ---------------------------------------------------------------------------------------------

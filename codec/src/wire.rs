@@ -3,8 +3,6 @@
 //! into a caller's buffer.
 
 use nom::bytes::complete::take;
-#[cfg(feature = "v5")]
-use nom::number::complete::be_u32;
 use nom::number::complete::{be_u16, be_u8};
 use nom::Parser;
 
@@ -35,12 +33,6 @@ pub(crate) fn u8_(input: &[u8]) -> PResult<'_, u8> {
 
 pub(crate) fn u16_(input: &[u8]) -> PResult<'_, u16> {
     be_u16(input)
-}
-
-/// Only properties hold four-byte integers.
-#[cfg(feature = "v5")]
-pub(crate) fn u32_(input: &[u8]) -> PResult<'_, u32> {
-    be_u32(input)
 }
 
 /// Outcome of reading a variable byte integer from a possibly partial buffer.
