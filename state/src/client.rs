@@ -80,8 +80,8 @@ use petrel_codec::topic::{validate_topic_filter, validate_topic_name, SharedFilt
 #[cfg(feature = "v5")]
 use petrel_codec::PropertyId;
 use petrel_codec::{
-    Connect, DecodeError, Decoded, Decoder, Disconnect, EncodeError, Packet, PacketType,
-    PubResponse, Publish, Subscribe, Unsubscribe, MAX_PACKET_SIZE,
+    Connect, DecodeError, Decoded, Decoder, EncodeError, Packet, PacketType, PubResponse, Publish,
+    Subscribe, Unsubscribe, MAX_PACKET_SIZE,
 };
 
 pub use petrel_codec::{
@@ -99,6 +99,12 @@ pub type LastWill<'a> = petrel_codec::Will<'a>;
 /// A longer one is not kept: a later reconnect then sends an empty identifier again and gets
 /// a new session.
 pub const MAX_ASSIGNED_CLIENT_ID: usize = 64;
+
+/// The first byte of a DISCONNECT.
+const DISCONNECT: u8 = (PacketType::Disconnect as u8) << 4;
+
+/// A whole PINGREQ.
+const PINGREQ: [u8; 2] = [(PacketType::PingReq as u8) << 4, 0];
 
 /// The DUP bit of a PUBLISH fixed header [MQTT-3.3.1-1].
 const DUP_FLAG: u8 = 0b1000;
@@ -589,10 +595,22 @@ impl<const N: usize> Buffer<N> {
         Ok(())
     }
 
+    /// Appends a packet made here rather than by the codec: an acknowledgement, PINGREQ or a
+    /// DISCONNECT without properties. Not through a `Packet`: a 5.0 `Packet` takes hundreds
+    /// of bytes of stack, which on a microcontroller is a lot for two to five bytes of output.
+    fn push_raw(&mut self, packet: &[u8]) -> Result<(), ClientError> {
+        let len = packet.len();
+        let start = self.reserve(len)?;
+        if let Some(dst) = self.bytes.get_mut(start..start + len) {
+            dst.copy_from_slice(packet);
+        }
+        self.end = start + len;
+        Ok(())
+    }
+
     /// Appends a PUBACK, PUBREC, PUBREL or PUBCOMP without properties, as the codec would
     /// encode it: the fixed header, the identifier and, over 5.0, a reason code other than
-    /// success. Not through a `Packet`: a 5.0 `Packet` takes hundreds of bytes of stack,
-    /// which on a microcontroller is a lot for four or five bytes of output.
+    /// success.
     fn push_ack(
         &mut self,
         version: ProtocolVersion,
@@ -602,7 +620,6 @@ impl<const N: usize> Buffer<N> {
     ) -> Result<(), ClientError> {
         let with_reason = version.is_v5() && reason != ReasonCode::Success;
         let len = if with_reason { 5 } else { 4 };
-        let start = self.reserve(len)?;
         let flags = if kind == PacketType::PubRel {
             0b0010
         } else {
@@ -616,11 +633,7 @@ impl<const N: usize> Buffer<N> {
             low,
             reason as u8,
         ];
-        if let (Some(dst), Some(src)) = (self.bytes.get_mut(start..start + len), bytes.get(..len)) {
-            dst.copy_from_slice(src);
-        }
-        self.end = start + len;
-        Ok(())
+        self.push_raw(bytes.get(..len).unwrap_or(&bytes))
     }
 
     /// Appends an encoded packet of `len` bytes to the store, moving the queue up to the
@@ -923,24 +936,24 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         let client_id = o.client_id;
         #[cfg(feature = "v5")]
         let receive_maximum = self.receive_maximum();
-        let connect = Packet::Connect(Connect {
+        #[cfg_attr(not(feature = "v5"), allow(unused_mut))]
+        let mut connect = Packet::Connect(Connect {
             protocol_version: o.version,
             clean_start: o.clean_start,
             keep_alive: o.keep_alive,
-            #[cfg(feature = "v5")]
-            properties: Properties {
-                session_expiry_interval: Some(o.session_expiry_interval).filter(|&s| s != 0),
-                receive_maximum: Some(receive_maximum).filter(|&r| r != u16::MAX),
-                maximum_packet_size: Some(o.max_packet_size).filter(|&m| m < MAX_PACKET_SIZE),
-                ..Properties::default()
-            },
-            #[cfg(not(feature = "v5"))]
             properties: Properties::default(),
             client_id,
             will: o.will,
             username: o.username,
             password: o.password,
         });
+        // Set in place: `..Properties::default()` would build the set apart and copy it in.
+        #[cfg(feature = "v5")]
+        if let Packet::Connect(Connect { properties: p, .. }) = &mut connect {
+            p.session_expiry_interval = Some(o.session_expiry_interval).filter(|&s| s != 0);
+            p.receive_maximum = Some(receive_maximum).filter(|&r| r != u16::MAX);
+            p.maximum_packet_size = Some(o.max_packet_size).filter(|&m| m < MAX_PACKET_SIZE);
+        }
         let len = connect
             .encoded_len(o.version)
             .map_err(ClientError::Encode)?;
@@ -1151,10 +1164,8 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         ) {
             return Err(ClientError::NotConnected);
         }
-        self.buf.push_packet(
-            self.options.version,
-            &Packet::Disconnect(Disconnect::default()),
-        )?;
+        // Normal disconnection, no properties: the same two bytes in both versions.
+        self.buf.push_raw(&[DISCONNECT, 0])?;
         // Before CONNACK nothing stored may go, so nothing waits for the DISCONNECT.
         self.draining = self.state == ConnectionState::Connected;
         self.state = ConnectionState::Closing;
@@ -1211,7 +1222,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
             }
             Err(e) => return Err(self.fail(ClientError::Decode(e))),
         };
-        match self.on_packet(packet) {
+        match self.on_packet(&packet) {
             Ok(event) => {
                 // Any packet shows the server is alive.
                 self.pingresp_deadline = None;
@@ -1244,8 +1255,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
                     }
                 } else if let Some(due) = self.keep_alive_due() {
                     if now >= due {
-                        self.buf
-                            .push_packet(self.options.version, &Packet::PingReq)?;
+                        self.buf.push_raw(&PINGREQ)?;
                         self.pingresp_deadline = Some(now + self.options.response_timeout);
                     }
                 }
@@ -1601,15 +1611,12 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         #[cfg(feature = "v5")]
         if self.options.version.is_v5() {
             if let Some(reason) = error.reason_code() {
-                let packet = Packet::Disconnect(Disconnect {
-                    reason_code: reason,
-                    properties: Properties::default(),
-                });
-                if self.buf.push_packet(ProtocolVersion::V5, &packet).is_err() {
+                let packet = [DISCONNECT, 1, reason as u8];
+                if self.buf.push_raw(&packet).is_err() {
                     // The connection is over anyway: make sure the reason gets out (after
                     // the rest of a stored publish being sent, which cannot be cut).
                     self.buf.clear_tx();
-                    let _ = self.buf.push_packet(ProtocolVersion::V5, &packet);
+                    let _ = self.buf.push_raw(&packet);
                 }
             }
         }
@@ -1619,9 +1626,12 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         error
     }
 
+    /// Out of line: inlined into `handle_bytes`, the events it builds took room in that
+    /// frame beside the decoder's packet, on the deepest call chain of a 5.0 firmware.
+    #[inline(never)]
     fn on_packet<'b>(
         &mut self,
-        packet: Packet<'b>,
+        packet: &Packet<'b>,
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         let protocol_error = Err(ClientError::Protocol(ReasonCode::ProtocolError));
         if self.state == ConnectionState::Connecting {
@@ -1665,7 +1675,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
 
     fn on_connack<'b>(
         &mut self,
-        connack: petrel_codec::ConnAck<'b>,
+        connack: &petrel_codec::ConnAck<'b>,
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         if connack.reason_code.is_error() {
             self.state = ConnectionState::Closing;
@@ -1733,7 +1743,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
 
     fn on_publish<'b>(
         &mut self,
-        publish: Publish<'b>,
+        publish: &Publish<'b>,
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         // The client advertises no Topic Alias Maximum, so the server sends no alias
         // [MQTT-3.1.2-27].
@@ -1743,12 +1753,12 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         }
         let version = self.options.version;
         match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Ok(Some(ClientEvent::Message(publish))),
+            (QoS::AtMostOnce, _) => Ok(Some(ClientEvent::Message(*publish))),
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-4] (5.0) / [MQTT-4.3.2-2] (3.1.1): acknowledge with PUBACK.
                 self.buf
                     .push_ack(version, PacketType::PubAck, id, ReasonCode::Success)?;
-                Ok(Some(ClientEvent::Message(publish)))
+                Ok(Some(ClientEvent::Message(*publish)))
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let success = ReasonCode::Success;
@@ -1775,7 +1785,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
                 if self.incoming_qos2.push(id).is_err() {
                     return Err(ClientError::Protocol(ReasonCode::ReceiveMaximumExceeded));
                 }
-                Ok(Some(ClientEvent::Message(publish)))
+                Ok(Some(ClientEvent::Message(*publish)))
             }
             // The decoder guarantees an identifier at QoS 1/2.
             (_, None) => Err(ClientError::Protocol(ReasonCode::MalformedPacket)),
@@ -1797,7 +1807,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         (!unsent).then_some((index, kind))
     }
 
-    fn on_puback<'b>(&mut self, ack: PubResponse<'b>) -> Option<ClientEvent<'b>> {
+    fn on_puback<'b>(&mut self, ack: &PubResponse<'b>) -> Option<ClientEvent<'b>> {
         let id = ack.packet_id;
         // An acknowledgement for an identifier not awaiting it is ignored [MQTT-2.2.1-5].
         let (index, SlotKind::PubAck) = self.acked_slot(id)? else {
@@ -1817,7 +1827,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
 
     fn on_pubrec<'b>(
         &mut self,
-        rec: PubResponse<'b>,
+        rec: &PubResponse<'b>,
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         let id = rec.packet_id;
         let version = self.options.version;
@@ -1869,7 +1879,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
 
     fn on_pubrel<'b>(
         &mut self,
-        rel: PubResponse<'b>,
+        rel: &PubResponse<'b>,
     ) -> Result<Option<ClientEvent<'b>>, ClientError> {
         let id = rel.packet_id;
         let known = self.incoming_qos2.iter().position(|&i| i == id);
@@ -1889,7 +1899,7 @@ impl<'a, const INFLIGHT: usize, const BUF: usize> Client<'a, INFLIGHT, BUF> {
         Ok(None)
     }
 
-    fn on_pubcomp<'b>(&mut self, comp: PubResponse<'b>) -> Option<ClientEvent<'b>> {
+    fn on_pubcomp<'b>(&mut self, comp: &PubResponse<'b>) -> Option<ClientEvent<'b>> {
         let id = comp.packet_id;
         let (index, SlotKind::PubComp) = self.acked_slot(id)? else {
             return None;
@@ -2015,6 +2025,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn raw_packets_are_encoded_as_the_codec_encodes_them() {
+        use petrel_codec::Disconnect;
+        let check = |version: ProtocolVersion, packet: Packet<'_>, raw: &[u8]| {
+            let mut expected = [0u8; 8];
+            let len = packet.encode(version, &mut expected).unwrap();
+            assert_eq!(raw, &expected[..len], "{packet:?} {version:?}");
+        };
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            check(version, Packet::PingReq, &PINGREQ);
+            check(
+                version,
+                Packet::Disconnect(Disconnect::default()),
+                &[DISCONNECT, 0],
+            );
+        }
+        #[cfg(feature = "v5")]
+        for reason in [
+            ReasonCode::ProtocolError,
+            ReasonCode::ReceiveMaximumExceeded,
+        ] {
+            let packet = Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties: Properties::default(),
+            });
+            check(ProtocolVersion::V5, packet, &[DISCONNECT, 1, reason as u8]);
         }
     }
 
