@@ -332,9 +332,9 @@ impl Demo {
     }
 }
 
-fn record(seen: &mut Seen, ids: &[Option<u16>], topics: &Topics, event: ClientEvent<'_>) {
+fn record(seen: &mut Seen, ids: &[Option<u16>], topics: &Topics, event: &ClientEvent<'_>) {
     match event {
-        ClientEvent::Connected { session_present } => seen.connected = Some(session_present),
+        ClientEvent::Connected { session_present } => seen.connected = Some(*session_present),
         ClientEvent::Refused(_) => seen.refused = true,
         ClientEvent::Subscribed { reason_codes, .. } => {
             let granted = reason_codes.iter().all(|c| c == ReasonCode::GrantedQoS2);

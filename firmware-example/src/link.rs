@@ -74,7 +74,7 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
         &mut self,
         client: &mut Client<'_, I, B>,
         now: Instant,
-        mut on_event: impl FnMut(&mut Client<'_, I, B>, ClientEvent<'_>),
+        mut on_event: impl FnMut(&mut Client<'_, I, B>, &ClientEvent<'_>),
     ) -> Result<(), LinkError> {
         self.flush(client, now)?;
         if client.poll_timeout().is_some_and(|t| now >= t) {
@@ -99,7 +99,8 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
                 break;
             }
             let consumed = received.consumed.min(self.rx_len);
-            if let Some(event) = received.event {
+            // Lent, not moved: a 5.0 event is large, and each move is a copy on the stack.
+            if let Some(event) = &received.event {
                 on_event(client, event);
             }
             // A byte at a time: `copy_within` would link `memmove` (1.5 KB of flash).
@@ -114,7 +115,7 @@ impl<T: Read + ReadReady + Write, const RX: usize> Link<T, RX> {
             self.flush(client, now)?;
         }
         while let Some(event) = client.poll_event() {
-            on_event(client, event);
+            on_event(client, &event);
         }
         self.flush(client, now)
     }
