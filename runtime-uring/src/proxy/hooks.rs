@@ -35,6 +35,11 @@ impl Hooks for ProxyHooks {
         decision
     }
 
+    fn passes_messages(&mut self, client: &ClientInfo<'_>) -> bool {
+        // Asked at every read: a reloaded ACL file is seen from the next read on.
+        self.access.current().acl.is_none() && self.builtin.passes_messages(client)
+    }
+
     fn authorize_publish(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Verdict {
         if let Some(acl) = &self.access.current().acl {
             if !acl.can_publish(&subject(client), &message.topic) {

@@ -72,13 +72,6 @@ impl Pair {
     }
 }
 
-fn other(side: Side) -> Side {
-    match side {
-        Side::Client => Side::Upstream,
-        Side::Upstream => Side::Client,
-    }
-}
-
 /// Sends what the pipe has for `side` in place, as far as the socket takes it at once;
 /// false if bytes are left for a writer task. Most writes fit the socket's buffer, and sent
 /// here they cost no task, no submission and no completion that wakes the worker again.
@@ -224,8 +217,8 @@ impl Worker {
             if pair.closing.get() {
                 return;
             }
-            if pair.pipe.borrow().queued(other(side)) > MAX_QUEUED {
-                pair.drained[other(side) as usize].notified().await;
+            if pair.pipe.borrow().queued(side.other()) > MAX_QUEUED {
+                pair.drained[side.other() as usize].notified().await;
                 continue;
             }
             let read = stream.read(Vec::with_capacity(capacity));
@@ -264,10 +257,15 @@ impl Worker {
                 }
             }
             self.after(&pair);
+            // Grows at once and shrinks slowly: a busy side whose reads vary would otherwise
+            // fall back to a buffer too small for its next batch, which then takes two
+            // reads (and two forwards) instead of one.
             capacity = if n == capacity {
                 (capacity * 2).min(MAX_READ)
+            } else if n <= capacity / 4 {
+                (capacity / 2).max(MIN_READ)
             } else {
-                n.next_power_of_two().clamp(MIN_READ, MAX_READ)
+                capacity
             };
         }
     }

@@ -150,6 +150,18 @@ pub trait Hooks {
         let _ = (client, message);
     }
 
+    /// Whether the hooks leave every message of `client` alone, both ways: each PUBLISH
+    /// allowed unchanged by [`authorize_publish`](Hooks::authorize_publish), each delivery
+    /// let through by [`authorize_delivery`](Hooks::authorize_delivery) and left unchanged
+    /// by [`rewrite_delivery`](Hooks::rewrite_delivery). The proxy asks at each read of a
+    /// connected client: while the answer is yes it checks PUBLISH frames and their
+    /// acknowledgements and passes them on as they came, without calling those three
+    /// hooks. The default, no, is always correct; yes is only a saving.
+    fn passes_messages(&mut self, client: &ClientInfo<'_>) -> bool {
+        let _ = client;
+        false
+    }
+
     /// A connection was accepted.
     fn on_connected(&mut self, client: &ClientInfo<'_>, session_present: bool) {
         let _ = (client, session_present);
@@ -266,4 +278,8 @@ pub fn describe_packet(packet: &Packet<'_>) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 
-impl Hooks for AllowAll {}
+impl Hooks for AllowAll {
+    fn passes_messages(&mut self, _: &ClientInfo<'_>) -> bool {
+        true
+    }
+}

@@ -50,6 +50,10 @@ impl Hooks for BuiltinHooks {
         AuthDecision::Accept(None)
     }
 
+    fn passes_messages(&mut self, _: &ClientInfo<'_>) -> bool {
+        self.tenant_template.is_none()
+    }
+
     fn authorize_publish(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Verdict {
         if let Some(prefix) = self.prefix(client) {
             message.topic = Arc::from(format!("{prefix}{}", message.topic));

@@ -47,6 +47,16 @@ pub enum Side {
     Upstream = 1,
 }
 
+impl Side {
+    /// The other connection of the pair.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+}
+
 /// Settings shared by every pipe of a proxy.
 #[derive(Debug, Clone, Default)]
 pub struct PipeConfig {
@@ -336,15 +346,35 @@ impl Pipe {
         buf: &mut BytesMut,
         hooks: &mut dyn Hooks,
     ) {
+        // While the hooks leave this client's messages alone, a packet that asks nothing of
+        // the proxy is only checked: a run of them goes on as one slice of the read buffer,
+        // with no frame of its own and no message built for the hooks.
+        let through =
+            self.state == State::Open && !self.tracing && hooks.passes_messages(&self.info());
+        let mut run = 0;
         while self.state != State::Closed {
             let decoder = self.decoder();
+            let rest = &buf[run..];
             // The fixed header says where the packet ends: it is split off first, so the
             // decoded packet borrows from the frame that is forwarded.
-            let len = match decoder.header(buf) {
-                Ok(Some(header)) if buf.len() >= header.packet_len() => header.packet_len(),
-                Ok(_) => return,
-                Err(e) => return self.bad_input(from, &e),
+            let len = match decoder.header(rest) {
+                Ok(Some(header)) if rest.len() >= header.packet_len() => header.packet_len(),
+                Ok(_) => break,
+                Err(e) => {
+                    self.pass_run(from, buf, run);
+                    return self.bad_input(from, &e);
+                }
             };
+            if through {
+                if let Ok(Decoded::Packet { packet, .. }) = decoder.decode(&rest[..len]) {
+                    if self.asks_nothing(from, &packet) {
+                        run += len;
+                        continue;
+                    }
+                }
+            }
+            self.pass_run(from, buf, run);
+            run = 0;
             let frame = buf.split_to(len).freeze();
             match decoder.decode(&frame) {
                 Ok(Decoded::Packet { packet, .. }) => match from {
@@ -356,6 +386,35 @@ impl Pipe {
                 }
                 Err(e) => return self.bad_input(from, &e),
             }
+        }
+        self.pass_run(from, buf, run);
+    }
+
+    /// Whether `packet` from `from` of an open pair, whose hooks pass messages, is
+    /// forwarded as it came whatever the proxy knows: what [`client_packet`](Self::client_packet)
+    /// and [`upstream_packet`](Self::upstream_packet) would forward untouched.
+    fn asks_nothing(&self, from: Side, packet: &Packet<'_>) -> bool {
+        match (from, packet) {
+            // A topic alias is an error the slow path reports.
+            (_, Packet::Publish(p)) => p.properties.topic_alias.is_none() && !p.topic.is_empty(),
+            (_, Packet::PubAck(_) | Packet::PubRec(_))
+            | (Side::Client, Packet::PingReq)
+            | (Side::Upstream, Packet::PingResp | Packet::PubComp(_) | Packet::UnsubAck(_)) => true,
+            // Unless the proxy answers some of them itself.
+            (Side::Client, Packet::PubRel(_)) => self.refused_from_client.is_empty(),
+            (Side::Client, Packet::PubComp(_)) | (Side::Upstream, Packet::PubRel(_)) => {
+                self.refused_from_upstream.is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    /// Forwards the first `run` bytes of `buf`, packets [`asks_nothing`](Self::asks_nothing)
+    /// passed, as one frame.
+    fn pass_run(&mut self, from: Side, buf: &mut BytesMut, run: usize) {
+        if run > 0 {
+            let frames = buf.split_to(run).freeze();
+            self.push(from.other(), frames);
         }
     }
 

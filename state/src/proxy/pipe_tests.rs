@@ -2,7 +2,7 @@
 
 use alloc::vec;
 
-use petrel_codec::{Properties, SubscriptionOptions};
+use petrel_codec::{Properties, SubscriptionOptions, UnsubAck};
 use proptest::prelude::*;
 
 use super::*;
@@ -175,6 +175,17 @@ fn unchanged_packets_are_the_original_frames_uncopied() {
     let mut second = bytes(Packet::PingReq, V5);
     let original = buf.clone();
     buf.unsplit(core::mem::take(&mut second));
+    let start = buf.as_ptr();
+    let both = buf.clone();
+    h.pipe.handle_client(h.now, buf, &mut *h.hooks);
+    let frames = h.drain(Side::Upstream);
+    // Hooks that pass messages: the two packets go on as one slice of the read.
+    assert_eq!(frames, vec![both.freeze()]);
+    assert_eq!(frames[0].as_ptr(), start, "forwarded without a copy");
+    // Hooks that look at every message: each packet is a frame, still the original.
+    let mut h = Harness::connected(Inspects, V5, None);
+    let mut buf = original.clone();
+    buf.unsplit(bytes(Packet::PingReq, V5));
     let start = buf.as_ptr();
     h.pipe.handle_client(h.now, buf, &mut *h.hooks);
     let frames = h.drain(Side::Upstream);
@@ -358,6 +369,123 @@ fn another_tenants_message_is_acknowledged_upstream_and_withheld() {
         assert_eq!(p, Packet::PubComp(PubResponse::new(id(2))));
     });
     assert!(h.drain(Side::Client).is_empty());
+}
+
+/// Allows everything but does not say so: every message goes through the hooks.
+struct Inspects;
+
+impl Hooks for Inspects {}
+
+/// The packets of a read in an order that mixes those passed as they came with those the
+/// proxy looks into (SUBSCRIBE, an aliased PUBLISH), for the upstream side and then the
+/// client side.
+fn mixed_reads() -> (BytesMut, BytesMut) {
+    let mut up = BytesMut::new();
+    for packet in [
+        Packet::Publish(publish("a/b", QoS::AtLeastOnce, 1, b"hello")),
+        Packet::PubAck(PubResponse::new(id(9))),
+        Packet::PingReq,
+        Packet::Subscribe(Subscribe {
+            packet_id: id(2),
+            properties: EMPTY_PROPERTIES,
+            filters: List::new(&[SubscribeFilter {
+                filter: "x/#",
+                options: SubscriptionOptions::default(),
+            }]),
+        }),
+        Packet::Publish(publish("c", QoS::ExactlyOnce, 3, &[7; 100])),
+        Packet::PubRel(PubResponse::new(id(8))),
+        Packet::PubComp(PubResponse::new(id(7))),
+    ] {
+        up.unsplit(bytes(packet, V5));
+    }
+    let mut down = BytesMut::new();
+    for packet in [
+        Packet::SubAck(SubAck {
+            packet_id: id(2),
+            properties: EMPTY_PROPERTIES,
+            reason_codes: List::new(&[ReasonCode::Success]),
+        }),
+        Packet::Publish(publish("x/1", QoS::AtMostOnce, 0, b"p")),
+        Packet::PubRec(PubResponse::new(id(3))),
+        Packet::PubComp(PubResponse::new(id(3))),
+        Packet::PingResp,
+        Packet::UnsubAck(UnsubAck {
+            packet_id: id(4),
+            properties: EMPTY_PROPERTIES,
+            reason_codes: List::new(&[ReasonCode::Success]),
+        }),
+        Packet::Publish(publish("x/2", QoS::AtLeastOnce, 5, b"q")),
+    ] {
+        down.unsplit(bytes(packet, V5));
+    }
+    (up, down)
+}
+
+/// What a pipe sends each side for `reads` (from the client, from the upstream, in turn)
+/// after the CONNECT: the bytes, and the events.
+fn outcome(
+    hooks: impl Hooks + 'static,
+    reads: &[(Side, BytesMut)],
+) -> (Vec<u8>, Vec<u8>, Vec<PipeEvent>) {
+    let mut h = Harness::connected(hooks, V5, None);
+    for (side, read) in reads {
+        match side {
+            Side::Client => h.pipe.handle_client(h.now, read.clone(), &mut *h.hooks),
+            Side::Upstream => h.pipe.handle_upstream(h.now, read.clone(), &mut *h.hooks),
+        }
+    }
+    let flat = |frames: Vec<Bytes>| frames.iter().flat_map(|f| f.to_vec()).collect();
+    let up = flat(h.drain(Side::Upstream));
+    let down = flat(h.drain(Side::Client));
+    (up, down, h.events())
+}
+
+#[test]
+fn passed_packets_keep_their_place_around_those_the_proxy_looks_into() {
+    let (up, down) = mixed_reads();
+    let mut h = Harness::connected(AllowAll, V5, None);
+    let read = up.clone();
+    let start = read.as_ptr();
+    h.pipe.handle_client(h.now, read, &mut *h.hooks);
+    let frames = h.drain(Side::Upstream);
+    // PUBLISH, PUBACK and PINGREQ in one slice, SUBSCRIBE, then the last three in one.
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[0].as_ptr(), start);
+    let sent: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+    assert_eq!(sent, up.to_vec());
+    h.pipe.handle_upstream(h.now, down.clone(), &mut *h.hooks);
+    let frames = h.drain(Side::Client);
+    assert_eq!(frames.len(), 2, "SUBACK, then the rest: {frames:?}");
+    let sent: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+    assert_eq!(sent, down.to_vec());
+    assert!(h.events().is_empty());
+}
+
+#[test]
+fn passed_packets_are_still_checked() {
+    let valid = bytes(Packet::Publish(publish("a", QoS::AtMostOnce, 0, b"1")), V5);
+    let aliased = bytes(
+        Packet::Publish(Publish {
+            properties: Properties {
+                topic_alias: Some(1),
+                ..Properties::default()
+            },
+            ..publish("a", QoS::AtMostOnce, 0, b"")
+        }),
+        V5,
+    );
+    // A valid PUBLISH, then a malformed one or one with a topic alias: the first goes
+    // upstream, and the pair closes exactly as it does when the hooks see every message.
+    for bad in [BytesMut::from(&[0x32, 0x01, 0x00][..]), aliased] {
+        let mut read = valid.clone();
+        read.unsplit(bad);
+        let reads = [(Side::Client, read)];
+        let passed = outcome(AllowAll, &reads);
+        assert_eq!(passed.0, valid.to_vec());
+        assert!(matches!(passed.2[..], [PipeEvent::Close { by: Side::Client, .. }]));
+        assert_eq!(passed, outcome(Inspects, &reads));
+    }
 }
 
 /// Refuses publishing to `secret/…` and subscribing to `secret/…`.
@@ -764,11 +892,44 @@ proptest! {
         prop_assert_eq!(cut.drain(Side::Upstream), expected);
     }
 
+    /// Passing messages through is only a saving: however the reads are cut, and whatever
+    /// garbage follows them, both sides get the same bytes and the runtime the same
+    /// events as when the hooks see every message.
+    #[test]
+    fn passing_through_changes_nothing_but_the_cost(
+        cuts in proptest::collection::vec(0usize..400, 0..6),
+        garbage in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let (mut up, down) = mixed_reads();
+        up.extend_from_slice(&garbage);
+        let mut reads = vec![(Side::Upstream, down)];
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let total = up.len();
+        let mut at = 0;
+        for c in cuts.into_iter().chain([total]) {
+            let c = c.min(total);
+            if c > at {
+                reads.push((Side::Client, up.split_to(c - at)));
+                at = c;
+            }
+        }
+        prop_assert_eq!(outcome(AllowAll, &reads), outcome(Inspects, &reads));
+    }
+
     /// Arbitrary bytes from either side close the pair at worst, never panic.
     #[test]
     fn garbage_never_panics(client in proptest::collection::vec(any::<u8>(), 0..300),
                             upstream in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut h = Harness::connected(tenant(), V5, Some("alice"));
+        let c = BytesMut::from(&client[..]);
+        let u = BytesMut::from(&upstream[..]);
+        h.pipe.handle_client(h.now, c, &mut *h.hooks);
+        h.pipe.handle_upstream(h.now, u, &mut *h.hooks);
+        h.drain(Side::Client);
+        h.drain(Side::Upstream);
+        h.events();
+        let mut h = Harness::connected(AllowAll, V5, None);
         let c = BytesMut::from(&client[..]);
         let u = BytesMut::from(&upstream[..]);
         h.pipe.handle_client(h.now, c, &mut *h.hooks);
