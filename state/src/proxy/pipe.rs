@@ -2,7 +2,11 @@
 //! with every packet of both directions decoded, shown to the hooks and forwarded.
 //!
 //! The frame that arrived is what leaves, byte for byte (a `Bytes` slice of the read buffer,
-//! never copied), unless a hook changed the packet; only then is it encoded again. The
+//! never copied), unless a hook changed the packet; only then is it encoded again. While
+//! the hooks say they leave a client's messages alone ([`Hooks::passes_messages`], the
+//! proxy's default configuration), PUBLISH, its acknowledgements and the pings are decoded
+//! only to be checked, not shown to the hooks, and a run of them leaves as one slice of the
+//! read buffer: one write for a whole read, however many packets it held. The
 //! exceptions are CONNECT and a CONNACK that grants topic aliases: the proxy turns topic
 //! aliases off in both directions (Topic Alias Maximum 0), because an alias set up by a
 //! frame that a hook rewrote would mean one topic to the client and another upstream.

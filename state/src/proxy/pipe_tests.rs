@@ -483,7 +483,13 @@ fn passed_packets_are_still_checked() {
         let reads = [(Side::Client, read)];
         let passed = outcome(AllowAll, &reads);
         assert_eq!(passed.0, valid.to_vec());
-        assert!(matches!(passed.2[..], [PipeEvent::Close { by: Side::Client, .. }]));
+        assert!(matches!(
+            passed.2[..],
+            [PipeEvent::Close {
+                by: Side::Client,
+                ..
+            }]
+        ));
         assert_eq!(passed, outcome(Inspects, &reads));
     }
 }
