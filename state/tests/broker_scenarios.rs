@@ -1408,6 +1408,136 @@ fn a_shard_takes_a_batch_of_handovers_as_one_input() {
     }
 }
 
+/// Records, per input, the shards its acknowledgements waited for.
+#[derive(Default)]
+struct ForwardLog(Rc<RefCell<Vec<Vec<u16>>>>);
+
+impl Storage for ForwardLog {
+    fn save_session(&mut self, _session: SessionView<'_>) {}
+    fn delete_session(&mut self, _client_id: &str) {}
+    fn set_retained(&mut self, _topic: &str, _message: Option<&Arc<Message>>) {}
+    fn commit(&mut self) -> Durability {
+        self.commit_forwarding(&[])
+    }
+    fn commit_forwarding(&mut self, forwarded: &[u16]) -> Durability {
+        self.0.borrow_mut().push(forwarded.to_vec());
+        Durability::Durable
+    }
+}
+
+/// A QoS 1/2 message forwarded to another shard makes the publisher's acknowledgement wait
+/// for that shard's store only when a session its store keeps (or a shared group) matches
+/// there: a shard whose matching subscribers keep no session stores nothing of it.
+#[test]
+fn a_forwarded_publish_waits_only_for_a_shard_that_may_store_it() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let shard = |index, storage: Box<dyn Storage>| Net {
+        broker: Broker::new(
+            BrokerConfig {
+                shard_index: index,
+                shard_count: 2,
+                ..BrokerConfig::default()
+            },
+            Box::new(petrel_state::broker::AllowAll),
+            storage,
+        ),
+        now: Instant::ZERO,
+    };
+    let on = |s: u16, prefix: &str| {
+        (0..)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|id| petrel_state::broker::owner_shard(id, 2) == s)
+            .unwrap()
+    };
+    let mut nets = [
+        shard(0, Box::new(ForwardLog(log.clone()))),
+        shard(1, Box::new(MemoryStorage::new())),
+    ];
+    let pump = |nets: &mut [Net; 2]| loop {
+        let moved: Vec<(u16, ShardMessage)> = nets
+            .iter_mut()
+            .flat_map(|net| {
+                std::iter::from_fn(|| net.broker.poll_shard_message()).collect::<Vec<_>>()
+            })
+            .collect();
+        if moved.is_empty() {
+            break;
+        }
+        for (target, message) in moved {
+            let net = &mut nets[usize::from(target)];
+            net.broker.handle_shard_message(net.now, message);
+        }
+    };
+    let mut publisher = nets[0].connect(&on(0, "pub"), V311);
+    // Publishes a QoS 1 message on shard 0 and hands what it forwarded to shard 1: which
+    // shards the acknowledgement waited for.
+    let publish = |nets: &mut [Net; 2], publisher: &mut Peer, topic: &str| {
+        log.borrow_mut().clear();
+        let reason = nets[0].publish(publisher, topic, b"m", QoS::AtLeastOnce, false);
+        assert_eq!(reason, Some(ReasonCode::Success));
+        let forwarded: Vec<(u16, ShardMessage)> =
+            std::iter::from_fn(|| nets[0].broker.poll_shard_message()).collect();
+        let awaited: Vec<u16> = forwarded
+            .iter()
+            .filter(|(_, m)| m.awaits_durability())
+            .map(|&(target, _)| target)
+            .collect();
+        assert_eq!(log.borrow().last().cloned().unwrap_or_default(), awaited);
+        for (_, message) in forwarded {
+            nets[1].broker.handle_shard_message(nets[1].now, message);
+        }
+        awaited
+    };
+
+    // A subscriber that keeps no session: nothing is stored on shard 1.
+    let mut volatile = nets[1].connect(&on(1, "volatile"), V311);
+    nets[1].subscribe(&mut volatile, "f/#", qos(QoS::AtLeastOnce));
+    pump(&mut nets);
+    assert_eq!(publish(&mut nets, &mut publisher, "f/x"), Vec::<u16>::new());
+    assert_eq!(
+        nets[1].received(&mut volatile).len(),
+        1,
+        "delivered all the same"
+    );
+
+    // A session the store keeps subscribes to an overlapping filter: from now on shard 1
+    // may store the message, and the acknowledgement waits for it.
+    let kept_id = on(1, "kept");
+    let keep = |c: &mut Connect<'_>| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(300);
+    };
+    let (mut kept, _) = nets[1].connect_with(&kept_id, V5, keep);
+    nets[1].subscribe(&mut kept, "f/x", qos(QoS::AtLeastOnce));
+    pump(&mut nets);
+    assert_eq!(publish(&mut nets, &mut publisher, "f/x"), vec![1]);
+    assert_eq!(
+        publish(&mut nets, &mut publisher, "f/y"),
+        Vec::<u16>::new(),
+        "only the volatile subscriber's filter matches f/y"
+    );
+    // Offline, the session still keeps what comes.
+    nets[1].disconnect(&mut kept, ReasonCode::Success);
+    assert_eq!(publish(&mut nets, &mut publisher, "f/x"), vec![1]);
+    // Resumed with expiry 0, it ends with its connection: nothing kept any more.
+    let (mut resumed, _) = nets[1].connect_with(&kept_id, V5, |c| c.clean_start = false);
+    pump(&mut nets);
+    assert_eq!(publish(&mut nets, &mut publisher, "f/x"), Vec::<u16>::new());
+    assert_eq!(
+        nets[1].received(&mut resumed).len(),
+        3,
+        "the one in flight at the disconnect, the one queued, the new one"
+    );
+
+    // A shared group's owner hands messages to members anywhere: always waited for.
+    let mut member = nets[1].connect(&on(1, "member"), V311);
+    nets[1].subscribe(&mut member, "$share/g/s/#", qos(QoS::AtLeastOnce));
+    pump(&mut nets);
+    assert_eq!(publish(&mut nets, &mut publisher, "s/1"), vec![1]);
+    pump(&mut nets);
+    assert_eq!(nets[1].received(&mut member).len(), 1);
+}
+
 /// The certificate subject and the user name a hook saw.
 type Seen = (Option<String>, Option<String>);
 

@@ -231,6 +231,21 @@ struct SessionEntry {
     expires_at: Option<Instant>,
     /// The store holds a record of this session (it was saved, or restored from there).
     stored: bool,
+    /// Its plain subscriptions count in this shard's interest as a session the store keeps
+    /// (see [`LocalInterest`]).
+    kept: bool,
+}
+
+/// This shard's subscriptions to one filter, as the other shards are told of them.
+#[derive(Debug, Default)]
+struct LocalInterest {
+    /// Plain subscriptions, plus one for a shared group this shard owns.
+    count: u32,
+    /// How many of those are of a session the store keeps (a shared group always counts:
+    /// its members may be anywhere). While there are none, a QoS 1/2 message forwarded
+    /// here leaves nothing in this shard's store, so the publisher's acknowledgement need
+    /// not wait for it.
+    kept: u32,
 }
 
 struct SharedMember {
@@ -281,8 +296,10 @@ pub struct Broker {
     shared_trie: SubscriptionTrie<u32, ()>,
     next_group_id: u32,
     retained: TopicTree<Arc<Message>>,
-    remote_interest: SubscriptionTrie<u16, u32>,
-    local_interest: BTreeMap<String, u32>,
+    /// Which other shards have subscriptions to a filter; the value says whether one of
+    /// them is of a session their store keeps.
+    remote_interest: SubscriptionTrie<u16, bool>,
+    local_interest: BTreeMap<String, LocalInterest>,
     timers: BTreeSet<(Instant, Timer)>,
     ready: VecDeque<ConnectionId>,
     closing: VecDeque<ConnectionId>,
@@ -400,6 +417,7 @@ impl Broker {
                 pending_will: record.pending_will.clone().map(Box::new),
                 expires_at: session.expires_at,
                 stored: true,
+                kept: self.storage.keeps_sessions() && session.expiry_interval > 0,
             });
             if let Some(at) = session.expires_at {
                 self.timers.insert((at, Timer::SessionExpiry(key)));
@@ -771,21 +789,19 @@ impl Broker {
 
     fn apply_shard_message(&mut self, now: Instant, message: ShardMessage) {
         match message {
-            ShardMessage::Publish(message) => {
+            ShardMessage::Publish { message, .. } => {
                 self.route(now, &message, None, false);
             }
-            ShardMessage::Interest { shard, filter, add } => {
-                let count = self
-                    .remote_interest
-                    .get(&filter, &shard)
-                    .copied()
-                    .unwrap_or(0);
+            ShardMessage::Interest {
+                shard,
+                filter,
+                add,
+                stored,
+            } => {
                 if add {
-                    self.remote_interest.insert(&filter, shard, count + 1);
-                } else if count <= 1 {
-                    self.remote_interest.remove(&filter, &shard);
+                    self.remote_interest.insert(&filter, shard, stored);
                 } else {
-                    self.remote_interest.insert(&filter, shard, count - 1);
+                    self.remote_interest.remove(&filter, &shard);
                 }
             }
             ShardMessage::SharedMember {
@@ -1186,6 +1202,12 @@ impl Broker {
                 authentication_data: auth_data,
             },
         );
+        // The CONNECT sets the session's expiry: whether the store keeps it from now on.
+        let kept = self
+            .conn(id)
+            .and_then(|state| state.conn.session())
+            .is_some_and(|session| session.expiry_interval > 0);
+        self.set_kept(key, kept);
         if accepted.is_ok() {
             self.stats.connections_accepted += 1;
             self.hook(id, |hooks, info| hooks.on_connected(info, session_present));
@@ -1218,6 +1240,7 @@ impl Broker {
             pending_will: None,
             expires_at: None,
             stored: false,
+            kept: false,
         })
     }
 
@@ -1447,15 +1470,22 @@ impl Broker {
         }
 
         if forward && self.config.shard_count > 1 {
-            let mut shards: BTreeSet<u16> = BTreeSet::new();
+            // Per shard: whether one of its matching filters has a subscriber its store
+            // keeps. A few shards, so a short list beats a set.
+            let mut shards: Vec<(u16, bool)> = Vec::new();
             self.remote_interest
-                .for_each_match(&message.topic, |shard, _| {
-                    shards.insert(*shard);
+                .for_each_match(&message.topic, |&shard, &kept| {
+                    match shards.iter_mut().find(|(s, _)| *s == shard) {
+                        Some((_, stored)) => *stored |= kept,
+                        None => shards.push((shard, kept)),
+                    }
                 });
-            for shard in shards {
+            shards.sort_unstable_by_key(|&(shard, _)| shard);
+            for (shard, stored) in shards {
                 if shard != self.config.shard_index {
+                    let message = message.clone();
                     self.shard_out
-                        .push_back((shard, ShardMessage::Publish(message.clone())));
+                        .push_back((shard, ShardMessage::Publish { message, stored }));
                     receivers += 1;
                 }
             }
@@ -1852,7 +1882,7 @@ impl Broker {
         self.touched_sessions.remove(&key);
         self.storage.delete_session(&entry.client_id);
         for subscription in entry.subscriptions.iter() {
-            self.unindex_subscription(key, &entry.client_id, &subscription.filter);
+            self.unindex_subscription(key, &entry.client_id, &subscription.filter, entry.kept);
         }
         if let Some(pending) = entry.pending_will {
             let (_, will) = *pending;
@@ -1874,8 +1904,15 @@ impl Broker {
         } else if self.config.shard_count > 1 {
             // The group's owner is another shard: it picks the next member.
             let owner = owner_shard(&group, self.config.shard_count);
-            self.shard_out
-                .push_back((owner, ShardMessage::Publish(delivery.message)));
+            // The owner hands it to a member that may be anywhere, and stored.
+            let message = delivery.message;
+            self.shard_out.push_back((
+                owner,
+                ShardMessage::Publish {
+                    message,
+                    stored: true,
+                },
+            ));
         }
     }
 
@@ -1893,6 +1930,7 @@ impl Broker {
             return;
         };
         let replaced = entry.subscriptions.insert(subscription.clone()).is_some();
+        let kept = entry.kept;
         match SharedFilter::parse(&filter).ok().flatten() {
             Some(_) => {
                 let owner = owner_shard(&filter, self.config.shard_count);
@@ -1915,7 +1953,7 @@ impl Broker {
                 self.subscriptions
                     .insert(&filter, key, SubscriptionSpec::of(&subscription));
                 if !replaced {
-                    self.add_interest(&filter);
+                    self.add_interest(&filter, kept);
                 }
             }
         }
@@ -1928,18 +1966,20 @@ impl Broker {
         client_id: &str,
         filter: &str,
     ) -> bool {
-        let removed = self
-            .sessions
-            .get_mut(key as usize)
-            .and_then(Option::as_mut)
-            .is_some_and(|e| e.subscriptions.remove(filter).is_some());
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let removed = entry.subscriptions.remove(filter).is_some();
+        let kept = entry.kept;
         if removed {
-            self.unindex_subscription(key, client_id, filter);
+            self.unindex_subscription(key, client_id, filter, kept);
         }
         removed
     }
 
-    fn unindex_subscription(&mut self, key: SessionKey, client_id: &str, filter: &str) {
+    /// Takes a subscription of the session `key` out of the indexes; `kept`: the session's
+    /// subscriptions count as kept by the store ([`SessionEntry::kept`]).
+    fn unindex_subscription(&mut self, key: SessionKey, client_id: &str, filter: &str, kept: bool) {
         if SharedFilter::parse(filter).ok().flatten().is_some() {
             let owner = owner_shard(filter, self.config.shard_count);
             if owner == self.config.shard_index {
@@ -1961,7 +2001,7 @@ impl Broker {
                 ));
             }
         } else if self.subscriptions.remove(filter, &key).is_some() {
-            self.remove_interest(filter);
+            self.remove_interest(filter, kept);
         }
     }
 
@@ -1989,7 +2029,7 @@ impl Broker {
                     cursor: 0,
                 },
             );
-            self.add_interest(parsed.filter);
+            self.add_interest(parsed.filter, true);
         }
         if let Some(group) = self.groups.get_mut(shared_filter) {
             match group
@@ -2024,45 +2064,93 @@ impl Broker {
                 self.group_names.remove(&id);
                 self.shared_trie.remove(&filter, &id);
             }
-            self.remove_interest(&filter);
+            self.remove_interest(&filter, true);
         }
     }
 
-    /// Counts this shard's subscriptions to a filter and tells the other shards when the
-    /// first one arrives.
-    fn add_interest(&mut self, filter: &str) {
+    /// Counts this shard's subscriptions to a filter (`kept`: of a session the store keeps)
+    /// and tells the other shards when the first one arrives, or the first kept one.
+    fn add_interest(&mut self, filter: &str, kept: bool) {
         if self.config.shard_count <= 1 {
             return;
         }
-        let count = self.local_interest.entry(String::from(filter)).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            let shard = self.config.shard_index;
-            self.broadcast(|| ShardMessage::Interest {
-                shard,
-                filter: String::from(filter),
-                add: true,
-            });
+        let interest = self.local_interest.entry(String::from(filter)).or_default();
+        interest.count += 1;
+        interest.kept += u32::from(kept);
+        if interest.count == 1 || (kept && interest.kept == 1) {
+            self.announce_interest(filter);
         }
     }
 
-    fn remove_interest(&mut self, filter: &str) {
+    /// The opposite of [`Broker::add_interest`]: tells the other shards when the last
+    /// subscription goes, or the last kept one.
+    fn remove_interest(&mut self, filter: &str, kept: bool) {
         if self.config.shard_count <= 1 {
             return;
         }
-        let Some(count) = self.local_interest.get_mut(filter) else {
+        let Some(interest) = self.local_interest.get_mut(filter) else {
             return;
         };
-        *count -= 1;
-        if *count == 0 {
+        interest.count -= 1;
+        interest.kept -= u32::from(kept);
+        if interest.count == 0 {
             self.local_interest.remove(filter);
-            let shard = self.config.shard_index;
-            self.broadcast(|| ShardMessage::Interest {
-                shard,
-                filter: String::from(filter),
-                add: false,
-            });
+            self.announce_interest(filter);
+        } else if kept && interest.kept == 0 {
+            self.announce_interest(filter);
         }
+    }
+
+    /// Whether the session `key`'s subscriptions are of a session the store keeps changed
+    /// (its expiry interval went from or to 0): its plain subscriptions move between the
+    /// kinds of interest, and the other shards hear of a filter whose kind changed.
+    fn set_kept(&mut self, key: SessionKey, kept: bool) {
+        let kept = kept && self.storage.keeps_sessions();
+        let Some(entry) = self.sessions.get_mut(key as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if entry.kept == kept {
+            return;
+        }
+        entry.kept = kept;
+        if self.config.shard_count <= 1 {
+            return;
+        }
+        let filters: Vec<String> = entry
+            .subscriptions
+            .iter()
+            .filter(|s| SharedFilter::parse(&s.filter).ok().flatten().is_none())
+            .map(|s| s.filter.clone())
+            .collect();
+        for filter in filters {
+            let Some(interest) = self.local_interest.get_mut(&filter) else {
+                continue;
+            };
+            let announce = if kept {
+                interest.kept += 1;
+                interest.kept == 1
+            } else {
+                interest.kept -= 1;
+                interest.kept == 0
+            };
+            if announce {
+                self.announce_interest(&filter);
+            }
+        }
+    }
+
+    /// Tells the other shards this shard's interest in `filter` as it now stands.
+    fn announce_interest(&mut self, filter: &str) {
+        let shard = self.config.shard_index;
+        let interest = self.local_interest.get(filter);
+        let add = interest.is_some();
+        let stored = interest.is_some_and(|i| i.kept > 0);
+        self.broadcast(|| ShardMessage::Interest {
+            shard,
+            filter: String::from(filter),
+            add,
+            stored,
+        });
     }
 
     // -----------------------------------------------------------------------------------------

@@ -24,15 +24,28 @@ use super::storage::StoredSubscription;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardMessage {
     /// A published message for the target's own subscribers (and shared groups it owns).
-    Publish(Arc<Message>),
-    /// The sending shard gained (`add`) or lost its last subscription to `filter`.
+    Publish {
+        /// The message.
+        message: Arc<Message>,
+        /// The target's interest in the topic includes a session its store keeps (or a
+        /// shared group it owns), so it may store a copy: a QoS 1/2 publisher's
+        /// acknowledgement waits for that store. Without it the target keeps nothing of the
+        /// message, and nothing waits for it.
+        stored: bool,
+    },
+    /// The sending shard's interest in `filter` changed: it gained its first subscription
+    /// to it or lost its last (`add`), or some of the subscriptions it has began or ceased
+    /// to belong to sessions its store keeps (`stored`).
     Interest {
         /// The shard whose interest changed.
         shard: u16,
         /// A plain topic filter.
         filter: String,
-        /// Gained or lost.
+        /// Whether the shard has a subscription to `filter` at all.
         add: bool,
+        /// Whether one of them is of a session the shard's store keeps (or of a shared
+        /// group it owns): what it is sent may be stored there.
+        stored: bool,
     },
     /// A member joined or left a shared group the target owns.
     SharedMember {
@@ -67,12 +80,18 @@ pub enum ShardMessage {
 
 impl ShardMessage {
     /// Whether the target may store what it does with this message (a QoS 1 or 2 publish
-    /// for its sessions), so that acknowledging the publish waits for the target's store.
-    /// Subscription changes, retained copies and QoS 0 messages need no such wait: each is
-    /// stored by its own shard, or not at all.
+    /// for sessions its store keeps), so that acknowledging the publish waits for the
+    /// target's store. Subscription changes, retained copies, QoS 0 messages and publishes
+    /// for a shard whose matching sessions its store does not keep need no such wait: each
+    /// is stored by its own shard, or not at all.
     pub fn awaits_durability(&self) -> bool {
         match self {
-            ShardMessage::Publish(message) | ShardMessage::SharedDeliver { message, .. } => {
+            ShardMessage::Publish { message, stored } => {
+                *stored && message.qos != petrel_codec::QoS::AtMostOnce
+            }
+            // The owner chose a member on the target without knowing its session: assume
+            // the store keeps it.
+            ShardMessage::SharedDeliver { message, .. } => {
                 message.qos != petrel_codec::QoS::AtMostOnce
             }
             ShardMessage::Interest { .. }

@@ -1074,7 +1074,7 @@ impl World {
                 let tick = self.tick;
                 self.channels[index].delivered_at.push(tick);
                 let arriving = match &message {
-                    ShardMessage::Publish(m) => PayloadTag::decode(&m.payload),
+                    ShardMessage::Publish { message: m, .. } => PayloadTag::decode(&m.payload),
                     _ => None,
                 };
                 self.with_shard(target, |b, now| b.handle_shard_message(now, message));
@@ -1137,7 +1137,7 @@ impl World {
             for index in 0..self.channels.len() {
                 let target = (index % count) as u16;
                 for message in std::mem::take(&mut self.channels[index].queue) {
-                    if let ShardMessage::Publish(message) = message {
+                    if let ShardMessage::Publish { message, .. } = message {
                         if let Some(tag) = PayloadTag::decode(&message.payload) {
                             self.oracle.lost_in_crash(target, tag.message);
                         }
