@@ -139,6 +139,9 @@ pub struct ServerConnection {
     connect_deadline: Instant,
     session_expiry_interval: u32,
     client_receive_maximum: u16,
+    /// Packet identifiers from the session's next one on known not to be in flight
+    /// ([`Session::allocate_packet_id_from`]); 0 when a session is handed over.
+    free_packet_ids: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
     request_response_information: bool,
@@ -189,6 +192,7 @@ impl ServerConnection {
             last_received: now,
             session_expiry_interval: 0,
             client_receive_maximum: u16::MAX,
+            free_packet_ids: 0,
             client_max_packet_size: u32::MAX,
             client_topic_alias_maximum: 0,
             request_response_information: false,
@@ -478,6 +482,7 @@ impl ServerConnection {
             session.inbound_qos2.clear();
         }
         self.session = Some(session);
+        self.free_packet_ids = 0;
         if session_present {
             self.resend_inflight(now);
         }
@@ -1278,7 +1283,7 @@ impl ServerConnection {
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             None
         } else {
-            match session.allocate_packet_id() {
+            match session.allocate_packet_id_from(&mut self.free_packet_ids) {
                 Some(id) => Some(id),
                 None => {
                     session.requeue_front(delivery);
