@@ -233,7 +233,8 @@ impl CommitListener for InboxListener {
 /// durable together, or a crash between them loses the message (marker without copies) or
 /// delivers it twice (copies without marker, the publisher's re-send routed again). So
 /// after an input that forwarded acknowledged (QoS 1/2) messages, the worker sends each
-/// target shard a fence behind them (the inbox is FIFO):
+/// target shard that may store them (`ShardMessage::awaits_durability`: one whose matching
+/// subscribers include a session its store keeps) a fence behind them (the inbox is FIFO):
 ///
 /// - When the input's batch went to the committer, the batch is *linked* to those shards
 ///   (`petrel_store::BatchTokens::take_linked`). A linked fence asks the target to send the
