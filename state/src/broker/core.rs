@@ -2091,8 +2091,8 @@ impl Broker {
         let Some(interest) = self.local_interest.get_mut(filter) else {
             return;
         };
-        interest.count -= 1;
-        interest.kept -= u32::from(kept);
+        interest.count = interest.count.saturating_sub(1);
+        interest.kept = interest.kept.saturating_sub(u32::from(kept));
         if interest.count == 0 {
             self.local_interest.remove(filter);
             self.announce_interest(filter);
@@ -2130,7 +2130,7 @@ impl Broker {
                 interest.kept += 1;
                 interest.kept == 1
             } else {
-                interest.kept -= 1;
+                interest.kept = interest.kept.saturating_sub(1);
                 interest.kept == 0
             };
             if announce {
