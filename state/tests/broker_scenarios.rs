@@ -1538,6 +1538,134 @@ fn a_forwarded_publish_waits_only_for_a_shard_that_may_store_it() {
     assert_eq!(nets[1].received(&mut member).len(), 1);
 }
 
+/// Two shards, each with a store of its own (as the runtime's per-shard batches), and a
+/// pump that carries what they send each other until both are quiet.
+fn two_shards_with_stores() -> ([Net; 2], [Rc<RefCell<MemoryStorage>>; 2]) {
+    let stores = [
+        Rc::new(RefCell::new(MemoryStorage::new())),
+        Rc::new(RefCell::new(MemoryStorage::new())),
+    ];
+    let shard = |index: u16| Net {
+        broker: Broker::new(
+            BrokerConfig {
+                shard_index: index,
+                shard_count: 2,
+                ..BrokerConfig::default()
+            },
+            Box::new(petrel_state::broker::AllowAll),
+            Box::new(SharedStore(stores[usize::from(index)].clone())),
+        ),
+        now: Instant::ZERO,
+    };
+    ([shard(0), shard(1)], stores)
+}
+
+fn pump(nets: &mut [Net; 2]) -> Vec<(u16, ShardMessage)> {
+    let mut carried = Vec::new();
+    loop {
+        let mut moved: Vec<(u16, ShardMessage)> = Vec::new();
+        for net in nets.iter_mut() {
+            while let Some(m) = net.broker.poll_shard_message() {
+                moved.push(m);
+            }
+        }
+        if moved.is_empty() {
+            return carried;
+        }
+        for (target, message) in moved {
+            let net = &mut nets[usize::from(target)];
+            net.broker.handle_shard_message(net.now, message.clone());
+            carried.push((target, message));
+        }
+    }
+}
+
+/// A client identifier (with `prefix`) whose session lives on shard `s` of two.
+fn on_shard(s: u16, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| petrel_state::broker::owner_shard(id, 2) == s)
+        .unwrap()
+}
+
+/// The retained message a new subscriber on `net` gets for `topic`.
+fn retained_on(net: &mut Net, topic: &str) -> Vec<Vec<u8>> {
+    let mut peer = net.connect(&format!("look-{}", net.broker.connection_count()), V5);
+    net.subscribe(&mut peer, topic, qos(QoS::AtMostOnce));
+    net.received(&mut peer)
+        .into_iter()
+        .map(|g| g.payload)
+        .collect()
+}
+
+#[test]
+fn a_topic_set_on_two_shards_at_once_ends_the_same_everywhere_and_in_the_store() {
+    for topic in ["race/a", "race/b", "race/c", "race/d"] {
+        let (mut nets, stores) = two_shards_with_stores();
+        let mut one = nets[0].connect(&on_shard(0, "one"), V5);
+        let mut two = nets[1].connect(&on_shard(1, "two"), V5);
+        // Both shards take a retained publish for the topic before either hears of the
+        // other's: the two copies cross between the shards.
+        nets[0].publish(&mut one, topic, b"from 0", QoS::AtLeastOnce, true);
+        nets[1].publish(&mut two, topic, b"from 1", QoS::AtLeastOnce, true);
+        pump(&mut nets);
+        let seen: Vec<_> = nets.iter_mut().map(|n| retained_on(n, topic)).collect();
+        assert_eq!(seen[0].len(), 1, "{topic}: {seen:?}");
+        assert_eq!(seen[0], seen[1], "{topic}: the shards disagree");
+        // Only the topic's owner writes it, so the store holds the order the shards saw.
+        let owner = usize::from(petrel_state::broker::owner_shard(topic, 2));
+        let stored: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                s.borrow()
+                    .load()
+                    .retained
+                    .iter()
+                    .map(|m| m.payload.to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(stored[owner], seen[0], "{topic}: the store disagrees");
+        assert!(stored[1 - owner].is_empty(), "{topic}: {stored:?}");
+    }
+}
+
+#[test]
+fn a_retained_message_of_an_acknowledged_publish_is_awaited_on_every_shard() {
+    let (mut nets, _) = two_shards_with_stores();
+    // A topic the other shard owns: the message goes there, and its copy comes back.
+    let topic = (0..)
+        .map(|n| format!("owned/{n}"))
+        .find(|t| petrel_state::broker::owner_shard(t, 2) == 1)
+        .unwrap();
+    let mut publisher = nets[0].connect(&on_shard(0, "pub"), V5);
+    nets[0].publish(&mut publisher, &topic, b"v", QoS::AtLeastOnce, true);
+    assert_eq!(
+        retained_on(&mut nets[0], &topic),
+        Vec::<Vec<u8>>::new(),
+        "not set here before its owner has it"
+    );
+    let retained = |carried: Vec<(u16, ShardMessage)>| -> Vec<(u16, bool)> {
+        carried
+            .into_iter()
+            .filter(|(_, m)| {
+                matches!(
+                    m,
+                    ShardMessage::SetRetained { .. } | ShardMessage::Retained { .. }
+                )
+            })
+            .map(|(target, m)| (target, m.awaits_durability()))
+            .collect()
+    };
+    // To the owner and back; the runtime holds the PUBACK until each shard has it.
+    assert_eq!(retained(pump(&mut nets)), [(1, true), (0, true)]);
+    assert_eq!(retained_on(&mut nets[0], &topic), [b"v".to_vec()]);
+    // QoS 0: nothing waits.
+    nets[0].publish(&mut publisher, &topic, b"w", QoS::AtMostOnce, true);
+    assert_eq!(retained(pump(&mut nets)), [(1, false), (0, false)]);
+    assert_eq!(retained_on(&mut nets[1], &topic), [b"w".to_vec()]);
+}
+
 /// The certificate subject and the user name a hook saw.
 type Seen = (Option<String>, Option<String>);
 
@@ -1746,7 +1874,12 @@ fn operators_list_and_delete_retained_messages_on_every_shard() {
         Box::new(NoStorage),
     );
     let now = net.now;
-    let mut message = Message::new("keep/me", &b"v"[..]);
+    // A topic shard 1 owns: set on shard 0, it goes there and comes back.
+    let topic = (0..)
+        .map(|n| format!("keep/{n}"))
+        .find(|t| petrel_state::broker::owner_shard(t, 2) == 1)
+        .unwrap();
+    let mut message = Message::new(&topic, &b"v"[..]);
     message.retain = true;
     net.broker.publish_here(now, message, true);
     let forward = |from: &mut Broker, to: &mut Broker| {
@@ -1756,9 +1889,11 @@ fn operators_list_and_delete_retained_messages_on_every_shard() {
     };
     forward(&mut net.broker, &mut other);
     assert_eq!(other.retained_messages().len(), 1);
-    assert_eq!(&*net.broker.retained_messages()[0].topic, "keep/me");
-    assert!(other.delete_retained(now, "keep/me"));
-    assert!(!other.delete_retained(now, "keep/me"));
+    forward(&mut other, &mut net.broker);
+    assert_eq!(&*net.broker.retained_messages()[0].topic, topic);
+    // Deleted on its owner, gone there at once and on the other shard once told.
+    assert!(other.delete_retained(now, &topic));
+    assert!(!other.delete_retained(now, &topic));
     forward(&mut other, &mut net.broker);
     assert!(net.broker.retained_messages().is_empty());
 }

@@ -5,7 +5,7 @@ use std::io::{Cursor, Read};
 use base64::Engine;
 use petrel_codec::topic::{validate_topic_filter, validate_topic_name};
 use petrel_codec::{ProtocolVersion, QoS};
-use petrel_state::broker::{ClientSummary, PublishReport, SubscriptionSummary};
+use petrel_state::broker::{owner_shard, ClientSummary, PublishReport, SubscriptionSummary};
 use petrel_state::message::Message;
 use petrel_state::Duration;
 use serde::Deserialize;
@@ -561,9 +561,10 @@ fn delete_retained(shared: &Shared, query: &Query) -> Outcome {
         return Err((400, String::from("topic: required")));
     };
     let name = topic.clone();
-    // Worker 0 deletes it and tells the others.
+    // The topic's owner deletes it and tells the others.
+    let owner = usize::from(owner_shard(&topic, shared.workers() as u16));
     let deleted = ask_all(shared, move |broker, now, index| {
-        index == 0 && broker.delete_retained(now, &name)
+        index == owner && broker.delete_retained(now, &name)
     })
     .ok_or_else(unavailable)?;
     if deleted.contains(&true) {

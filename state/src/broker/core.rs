@@ -727,8 +727,13 @@ impl Broker {
                         }
                         keep
                     });
+                    // Every shard sweeps its own copy; only the topic's owner writes the store,
+                    // which a newer message set by the owner meanwhile must not lose.
                     for topic in expired {
-                        self.storage.set_retained(&topic, None);
+                        if owner_shard(&topic, self.config.shard_count) == self.config.shard_index
+                        {
+                            self.storage.set_retained(&topic, None);
+                        }
                     }
                     if !self.retained.is_empty() {
                         self.schedule_retained_sweep(now);
@@ -761,7 +766,7 @@ impl Broker {
     pub fn publish(&mut self, now: Instant, message: Message) -> usize {
         self.stats.count_received(&message);
         let message = Arc::new(message);
-        self.apply_retain(now, &message, true);
+        self.apply_retain(now, &message);
         let result = self.route(now, &message, None, true);
         self.hooks.on_published(None, &message, result.receivers);
         self.end_input(now);
@@ -842,7 +847,12 @@ impl Broker {
                     }
                 }
             }
-            ShardMessage::Retained { topic, message } => match message {
+            ShardMessage::SetRetained {
+                topic,
+                message,
+                acknowledged,
+            } => self.retain(now, &topic, message, acknowledged),
+            ShardMessage::Retained { topic, message, .. } => match message {
                 Some(message) => {
                     self.retained.insert(&topic, message);
                     self.schedule_retained_sweep(now);
@@ -1310,7 +1320,7 @@ impl Broker {
         let piped = self.offer_to_pipeline(id, packet_id, &message);
         let result = match piped {
             Piped::No | Piped::Local => {
-                self.apply_retain(now, &message, true);
+                self.apply_retain(now, &message);
                 self.route(now, &message, publisher, true)
             }
             Piped::Only | Piped::Refused => RouteResult { receivers: 0 },
@@ -1375,31 +1385,65 @@ impl Broker {
     }
 
     /// Sets or clears the retained message of the message's topic [MQTT-3.3.1-5],
-    /// [MQTT-3.3.1-6], and tells the other shards.
-    fn apply_retain(&mut self, now: Instant, message: &Arc<Message>, replicate: bool) {
+    /// [MQTT-3.3.1-6].
+    fn apply_retain(&mut self, now: Instant, message: &Arc<Message>) {
         if !message.retain {
             return;
         }
-        let topic = String::from(&*message.topic);
-        let stored = if message.payload.is_empty() {
-            self.retained.remove(&topic);
-            None
-        } else if self.retained.get(&topic).is_some()
-            || self.retained.len() < self.config.max_retained
-        {
-            self.retained.insert(&topic, message.clone());
-            self.schedule_retained_sweep(now);
-            Some(message.clone())
-        } else {
+        let stored = (!message.payload.is_empty()).then(|| message.clone());
+        let acknowledged = message.qos != QoS::AtMostOnce;
+        self.retain(now, &message.topic, stored, acknowledged);
+    }
+
+    /// Sets (`Some`) or clears (`None`) the retained message of `topic`, on the topic's
+    /// owner shard ([`owner_shard`] of the topic): a retained message set here for a topic
+    /// another shard owns goes to that shard first. The owner alone stores it and tells the
+    /// others, in the order it applies them; so every shard, and the store after a restart,
+    /// hold the same last message, even when two shards set the topic at once (were each to
+    /// apply its own first, their copies would cross and each shard keep the other's, and
+    /// the committer could write them in either order). `acknowledged`: the publish that set
+    /// it is acknowledged (QoS 1 or 2), and its acknowledgement waits until every shard has
+    /// it (the runtime's fences follow the messages to the owner and on from there).
+    fn retain(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        message: Option<Arc<Message>>,
+        acknowledged: bool,
+    ) {
+        let owner = owner_shard(topic, self.config.shard_count);
+        if owner != self.config.shard_index {
+            self.shard_out.push_back((
+                owner,
+                ShardMessage::SetRetained {
+                    topic: String::from(topic),
+                    message,
+                    acknowledged,
+                },
+            ));
             return;
-        };
-        self.storage.set_retained(&topic, stored.as_ref());
-        if replicate {
-            self.broadcast(|| ShardMessage::Retained {
-                topic: topic.clone(),
-                message: stored.clone(),
-            });
         }
+        let stored = match message {
+            None => {
+                self.retained.remove(topic);
+                None
+            }
+            Some(message)
+                if self.retained.get(topic).is_some()
+                    || self.retained.len() < self.config.max_retained =>
+            {
+                self.retained.insert(topic, message.clone());
+                self.schedule_retained_sweep(now);
+                Some(message)
+            }
+            Some(_) => return,
+        };
+        self.storage.set_retained(topic, stored.as_ref());
+        self.broadcast(|| ShardMessage::Retained {
+            topic: String::from(topic),
+            message: stored.clone(),
+            acknowledged,
+        });
     }
 
     fn broadcast(&mut self, mut make: impl FnMut() -> ShardMessage) {
@@ -1866,7 +1910,7 @@ impl Broker {
         let message = will.into_message(now);
         self.hooks.on_will(client_id, &message);
         let message = Arc::new(message);
-        self.apply_retain(now, &message, true);
+        self.apply_retain(now, &message);
         self.route(now, &message, None, true);
     }
 

@@ -10,7 +10,9 @@
 //! - A shared subscription group is owned by the shard its name hashes to; the owner knows
 //!   every member, picks one per message and sends the message to that member's shard.
 //! - Retained messages are replicated: every shard holds every retained message (the
-//!   payload is shared, not copied).
+//!   payload is shared, not copied). Each topic has an owner shard ([`owner_shard`] of the
+//!   topic), which alone applies changes first, stores them and tells the others, so that
+//!   all shards and the store agree on the last one.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -69,21 +71,35 @@ pub enum ShardMessage {
         /// The message.
         message: Arc<Message>,
     },
-    /// The retained message of a topic was set (`Some`) or cleared (`None`).
+    /// A retained message for a topic the target owns: set it (`Some`) or clear it
+    /// (`None`), store that, and tell every other shard.
+    SetRetained {
+        /// The topic.
+        topic: String,
+        /// The new retained message.
+        message: Option<Arc<Message>>,
+        /// The publish that set it is acknowledged (QoS 1 or 2) once every shard has it.
+        acknowledged: bool,
+    },
+    /// The owner of a topic set (`Some`) or cleared (`None`) its retained message.
     Retained {
         /// The topic.
         topic: String,
         /// The new retained message.
         message: Option<Arc<Message>>,
+        /// The publish that set it is acknowledged once every shard has it.
+        acknowledged: bool,
     },
 }
 
 impl ShardMessage {
     /// Whether the target may store what it does with this message (a QoS 1 or 2 publish
     /// for sessions its store keeps), so that acknowledging the publish waits for the
-    /// target's store. Subscription changes, retained copies, QoS 0 messages and publishes
-    /// for a shard whose matching sessions its store does not keep need no such wait: each
-    /// is stored by its own shard, or not at all.
+    /// target's store. A retained message set by an acknowledged publish waits too, so that
+    /// a subscriber on any shard sees it once the publisher has its acknowledgement.
+    /// Subscription changes, QoS 0 messages and publishes for a shard whose matching
+    /// sessions its store does not keep need no such wait: each is stored by its own shard,
+    /// or not at all.
     pub fn awaits_durability(&self) -> bool {
         match self {
             ShardMessage::Publish { message, stored } => {
@@ -94,9 +110,9 @@ impl ShardMessage {
             ShardMessage::SharedDeliver { message, .. } => {
                 message.qos != petrel_codec::QoS::AtMostOnce
             }
-            ShardMessage::Interest { .. }
-            | ShardMessage::SharedMember { .. }
-            | ShardMessage::Retained { .. } => false,
+            ShardMessage::SetRetained { acknowledged, .. }
+            | ShardMessage::Retained { acknowledged, .. } => *acknowledged,
+            ShardMessage::Interest { .. } | ShardMessage::SharedMember { .. } => false,
         }
     }
 }

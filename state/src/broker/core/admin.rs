@@ -13,7 +13,6 @@ use petrel_codec::topic::{validate_topic_filter, validate_topic_name};
 use petrel_codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
 use super::{Broker, SessionEntry};
-use crate::broker::shard::ShardMessage;
 use crate::broker::storage::StoredSubscription;
 use crate::message::Message;
 use crate::time::Instant;
@@ -183,17 +182,16 @@ impl Broker {
         removed
     }
 
-    /// Deletes the retained message of `topic` here, from the store, and from every other
-    /// shard. False when there was none.
+    /// Deletes the retained message of `topic` from every shard and the store. False when
+    /// this shard has none. Call it on the topic's owner shard
+    /// ([`owner_shard`](crate::broker::owner_shard) of the topic), where it is gone at once;
+    /// another shard asks the owner, and keeps its copy until the owner's word comes back
+    /// (retained messages follow their owner's order).
     pub fn delete_retained(&mut self, now: Instant, topic: &str) -> bool {
-        if self.retained.remove(topic).is_none() {
+        if self.retained.get(topic).is_none() {
             return false;
         }
-        self.storage.set_retained(topic, None);
-        self.broadcast(|| ShardMessage::Retained {
-            topic: String::from(topic),
-            message: None,
-        });
+        self.retain(now, topic, None, false);
         self.end_input(now);
         true
     }
@@ -209,7 +207,7 @@ impl Broker {
         let message = Arc::new(message);
         if first {
             self.stats.count_received(&message);
-            self.apply_retain(now, &message, true);
+            self.apply_retain(now, &message);
         }
         // Sessions away whose queue takes the message (offline QoS 0 is queued only when
         // configured), one per session however many of its filters match.
