@@ -54,7 +54,7 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -152,6 +152,8 @@ impl Server {
             tls,
             mqtt_bridges,
             kafka: kafka.bridges.clone(),
+            handovers: AtomicUsize::new(0),
+            draining: AtomicUsize::new(0),
         });
         transport::certs::watch(Arc::downgrade(&shared));
         let mut persistence =

@@ -369,10 +369,11 @@ impl Durable {
 
     /// Shard `from`'s batch `token` forwarded messages here and waits in the committer for
     /// this shard's link: everything this shard did with them is in the batches it has sent
-    /// so far (the fence came behind the messages).
-    pub(crate) fn link(&self, from: usize, token: u64) {
+    /// so far (the fence came behind the messages), except what it passed on to `relayed`
+    /// more shards, whose links the committer is told to wait for too.
+    pub(crate) fn link(&self, from: usize, token: u64, relayed: usize) {
         if let Some(linker) = &self.linker {
-            linker.link(from, token);
+            linker.link(from, token, relayed);
         }
     }
 
@@ -404,6 +405,13 @@ impl Durable {
             }
         });
         answers
+    }
+
+    /// Another shard relayed a fence of batch `token` to `count` more shards: as many more
+    /// answers to wait for. It comes before their answers, and before the relaying shard's
+    /// own, so the batch is still waiting.
+    pub(crate) fn fence_relayed(&mut self, token: u64, count: u32) {
+        *self.waiting.entry(token).or_insert(0) += count;
     }
 
     /// Another shard answered a fence of batch `token`.
@@ -561,6 +569,21 @@ mod tests {
         assert!(d.committed(2).is_empty());
         assert_eq!(d.committed(3), vec![(0, 9)]);
         assert_eq!(d.fence(1, 4), Some((1, 4)), "nothing pending: at once");
+    }
+
+    #[test]
+    fn a_relayed_fence_adds_the_answers_to_wait_for() {
+        let (tokens, mut d) = durable();
+        let token = tokens.empty();
+        assert_eq!(d.forwarded(&[1]), vec![fence(1, token, false)]);
+        // Shard 1 passed the messages on to shards 0 and 2, then answered for itself.
+        d.fence_relayed(token, 2);
+        d.fence_answered(token);
+        assert!(d.releasable().is_empty(), "shards 0 and 2 have not answered");
+        d.fence_answered(token);
+        assert!(d.releasable().is_empty());
+        d.fence_answered(token);
+        assert_eq!(d.releasable(), token..=token);
     }
 
     #[test]

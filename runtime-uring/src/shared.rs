@@ -1,6 +1,6 @@
 //! What the workers share: the configuration, counters, and each other's inboxes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use petrel_state::broker::ShardMessage;
@@ -20,10 +20,13 @@ pub(crate) type AdminJob = Box<dyn FnOnce(&mut petrel_state::broker::Broker, Ins
 
 /// A message to a worker.
 pub(crate) enum WorkerMessage {
-    /// From another shard of the broker: everything one of its inputs had for this shard,
-    /// in order. One inbox message per input and target rather than per message: a read of
-    /// a hundred publishes is one hand-over, one wake-up and one input on the target.
-    Shard(Vec<ShardMessage>),
+    /// From shard `from`: everything one of its inputs had for this shard, in order. One
+    /// inbox message per input and target rather than per message: a read of a hundred
+    /// publishes is one hand-over, one wake-up and one input on the target.
+    Shard {
+        from: usize,
+        messages: Vec<ShardMessage>,
+    },
     /// A connection whose session this worker owns, with the bytes read so far.
     Connection {
         stream: Handover,
@@ -38,14 +41,20 @@ pub(crate) enum WorkerMessage {
     /// Shard `from` forwarded messages here before this, in the input of its batch `token`.
     /// `linked`: that batch waits in the committer for this shard's link, to commit with
     /// what this shard stored of them; otherwise answer `FenceAnswered(token)` once that is
-    /// durable.
+    /// durable. `relayed`: not from `from` itself but from a shard that passed those
+    /// messages on here (a shared group's owner, a retained topic's owner), behind them.
     Fence {
         from: usize,
         token: u64,
         linked: bool,
+        relayed: bool,
     },
     /// A shard answered a fence of this shard's batch `token`.
     FenceAnswered(u64),
+    /// A shard passed on messages of this shard's batch `token` and relayed its fence to
+    /// `count` more shards: `count` more answers to wait for. Sent before the relayed
+    /// fences, so it arrives before their answers.
+    FenceRelayed { token: u64, count: u32 },
     /// The Kafka bridge has the record of this ticket (or gave up on it): its held
     /// acknowledgement may go.
     Pipeline(
@@ -56,6 +65,15 @@ pub(crate) enum WorkerMessage {
     Admin(AdminJob),
     /// Stop.
     Shutdown,
+}
+
+impl WorkerMessage {
+    /// Whether this is a hand-over between shards that a graceful stop must let the target
+    /// handle: forwarded messages (stored by the target) and fences (which the committer
+    /// may wait on for a link).
+    fn is_handover(&self) -> bool {
+        matches!(self, WorkerMessage::Shard { .. } | WorkerMessage::Fence { .. })
+    }
 }
 
 /// The inline subscriptions and the identifier of the next one.
@@ -125,6 +143,12 @@ pub(crate) struct Shared {
     pub(crate) mqtt_bridges: Vec<Arc<crate::bridge::mqtt::BridgeStats>>,
     /// The Kafka bridges, for the workers' pipelines and the metrics.
     pub(crate) kafka: Vec<Arc<crate::bridge::kafka::Bridge>>,
+    /// Hand-overs between shards sent and not yet handled (counted before they are sent,
+    /// and after the target has sent what handling them produced).
+    pub(crate) handovers: AtomicUsize,
+    /// Workers that have stopped taking input of their own (a graceful stop) and only
+    /// handle what other shards hand over.
+    pub(crate) draining: AtomicUsize,
 }
 
 impl Shared {
@@ -143,9 +167,30 @@ impl Shared {
     }
 
     pub(crate) fn send(&self, worker: usize, message: WorkerMessage) {
-        if let Some(inbox) = self.inboxes.get(worker) {
-            let _ = inbox.send(message);
+        let handover = message.is_handover();
+        if handover {
+            self.handovers.fetch_add(1, Ordering::SeqCst);
         }
+        let sent = self
+            .inboxes
+            .get(worker)
+            .is_some_and(|inbox| inbox.send(message).is_ok());
+        if handover && !sent {
+            self.handed_over(1);
+        }
+    }
+
+    /// `n` hand-overs are handled, and what handling them produced is sent.
+    pub(crate) fn handed_over(&self, n: usize) {
+        self.handovers.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// Every worker is draining and no hand-over is on its way or being handled: nothing
+    /// more will reach a shard's store. A draining worker produces hand-overs only while
+    /// handling one (which is counted until then), so once this holds it keeps holding.
+    pub(crate) fn drained(&self) -> bool {
+        self.draining.load(Ordering::SeqCst) == self.workers()
+            && self.handovers.load(Ordering::SeqCst) == 0
     }
 
     /// Adds inline subscriptions to `filters`, all sending to `sender`.

@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ const ACCEPTS_IN_FLIGHT: usize = 4;
 const MAX_READ: usize = 64 * 1024;
 /// The most inbox hand-overs from other shards handled as one input.
 const MAX_MERGED_HANDOVERS: usize = 64;
+/// How long a graceful stop waits for the shards to hand each other what they still have.
+/// A hand-over takes an inbox round trip, so this is only reached by a worker that hangs.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Worker {
     index: usize,
@@ -91,8 +95,15 @@ pub(crate) struct Worker {
     /// The deadline the timer task sleeps until (`None`: no deadline).
     timer_armed: Cell<Option<Instant>>,
     shutting_down: Cell<bool>,
+    /// A graceful stop has closed every connection: the shard takes no more input of its
+    /// own (bytes, lost connections, timers), only what other shards hand over.
+    draining: Cell<bool>,
     /// Which store batches are durable here and on the shards they forwarded to.
     durable: RefCell<Durable>,
+    /// Per shard: the shards this one passed acknowledged messages on to while handling
+    /// what that shard handed over, since that shard's last fence. The fence is relayed
+    /// to them, so that what they stored counts for the batch it fences.
+    onward: RefCell<Vec<Vec<usize>>>,
 }
 
 impl Worker {
@@ -125,7 +136,9 @@ impl Worker {
             timer: Notify::new(),
             timer_armed: Cell::new(None),
             shutting_down: Cell::new(false),
+            draining: Cell::new(false),
             durable: RefCell::new(durable),
+            onward: RefCell::new(Vec::new()),
         })
     }
 
@@ -152,7 +165,10 @@ impl Worker {
         let mut early = None;
         while let Ok(message) = inbox.try_recv() {
             match message {
-                WorkerMessage::Shard(messages) => self.shard_messages(messages),
+                WorkerMessage::Shard { from, messages } => {
+                    self.shard_messages(&[from], messages);
+                    self.shared.handed_over(1);
+                }
                 other => {
                     early = Some(other);
                     break;
@@ -387,9 +403,7 @@ impl Worker {
             let (result, mut filled) = io.stream.read(buf).await;
             match result {
                 Ok(0) | Err(_) => {
-                    let now = self.now();
-                    self.broker.borrow_mut().connection_lost(now, id);
-                    self.after_input();
+                    self.lost(id);
                     break;
                 }
                 Ok(n) => {
@@ -416,12 +430,26 @@ impl Worker {
     }
 
     fn input(self: &Rc<Self>, id: ConnectionId, bytes: &[u8]) {
+        if self.draining.get() {
+            return;
+        }
         WorkerStats::add(&self.stats().bytes_received, bytes.len() as u64);
         if tracing::enabled!(tracing::Level::DEBUG) {
             trace_packets(id, bytes, "in");
         }
         let now = self.now();
         self.broker.borrow_mut().handle_bytes(now, id, bytes);
+        self.after_input();
+    }
+
+    /// The connection ended (its will may be published). Not while draining: what that
+    /// would hand other shards could come after they stopped.
+    fn lost(self: &Rc<Self>, id: ConnectionId) {
+        if self.draining.get() {
+            return;
+        }
+        let now = self.now();
+        self.broker.borrow_mut().connection_lost(now, id);
         self.after_input();
     }
 
@@ -462,10 +490,8 @@ impl Worker {
             buf = written;
             buf.clear();
             if result.is_err() {
-                let now = self.now();
                 io.closing.set(true);
-                self.broker.borrow_mut().connection_lost(now, id);
-                self.after_input();
+                self.lost(id);
                 break;
             }
             WorkerStats::add(&self.stats().bytes_sent, n as u64);
@@ -484,8 +510,9 @@ impl Worker {
     }
 
     /// Drains what the shard produced: connections to write or close, messages for other
-    /// shards; and wakes the timer, whose deadline may have moved.
-    fn after_input(self: &Rc<Self>) {
+    /// shards; and wakes the timer, whose deadline may have moved. Returns the shards it
+    /// sent acknowledged (QoS 1/2) messages to.
+    fn after_input(self: &Rc<Self>) -> Vec<usize> {
         let mut broker = self.broker.borrow_mut();
         let conns = self.conns.borrow();
         while let Some(id) = broker.poll_ready() {
@@ -516,9 +543,13 @@ impl Worker {
             }
             batches[shard].push(message);
         }
-        for (shard, batch) in batches.into_iter().enumerate() {
-            if !batch.is_empty() {
-                self.shared.send(shard, WorkerMessage::Shard(batch));
+        for (shard, messages) in batches.into_iter().enumerate() {
+            if !messages.is_empty() {
+                let message = WorkerMessage::Shard {
+                    from: self.index,
+                    messages,
+                };
+                self.shared.send(shard, message);
             }
         }
         for fence in self.durable.borrow_mut().forwarded(&targets) {
@@ -526,6 +557,7 @@ impl Worker {
                 from: self.index,
                 token: fence.token,
                 linked: fence.linked,
+                relayed: false,
             };
             self.shared.send(fence.target, message);
         }
@@ -539,6 +571,7 @@ impl Worker {
         if deadline.is_some_and(|d| armed.is_none_or(|a| d < a)) {
             self.timer.notify_one();
         }
+        targets
     }
 
     async fn timer_loop(self: Rc<Self>) {
@@ -550,6 +583,9 @@ impl Worker {
                     let when = self.shared.to_tokio(at);
                     tokio::select! {
                         _ = tokio::time::sleep_until(when) => {
+                            if self.draining.get() {
+                                return;
+                            }
                             let now = self.now();
                             self.broker.borrow_mut().handle_timeout(now);
                             self.after_input();
@@ -600,7 +636,7 @@ impl Worker {
                 let broker = self.broker.borrow();
                 reporter.record(&broker);
             }
-            if self.index == 0 {
+            if self.index == 0 && !self.draining.get() {
                 let now = self.now();
                 for message in reporter.messages() {
                     self.broker.borrow_mut().publish(now, message);
@@ -625,15 +661,22 @@ impl Worker {
                 },
             };
             match message {
-                WorkerMessage::Shard(mut messages) => {
+                WorkerMessage::Shard { from, mut messages } => {
                     // Hand-overs already waiting behind this one make one input with it: one
                     // store commit and one round of writer wake-ups for all of them. Bounded,
                     // so that a busy neighbour cannot keep this worker from its own sockets.
                     let mut merged = 1;
+                    let mut sources = vec![from];
                     while merged < MAX_MERGED_HANDOVERS {
                         match inbox.try_recv() {
-                            Ok(WorkerMessage::Shard(more)) => {
+                            Ok(WorkerMessage::Shard {
+                                from,
+                                messages: more,
+                            }) => {
                                 messages.extend(more);
+                                if !sources.contains(&from) {
+                                    sources.push(from);
+                                }
                                 merged += 1;
                             }
                             Ok(other) => {
@@ -643,7 +686,8 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    self.shard_messages(messages);
+                    self.shard_messages(&sources, messages);
+                    self.shared.handed_over(merged);
                 }
                 WorkerMessage::Connection {
                     stream,
@@ -666,10 +710,17 @@ impl Worker {
                     from,
                     token,
                     linked,
-                } => self.fence(from, token, linked),
+                    relayed,
+                } => {
+                    self.fence(from, token, linked, relayed);
+                    self.shared.handed_over(1);
+                }
                 WorkerMessage::FenceAnswered(token) => {
                     self.durable.borrow_mut().fence_answered(token);
                     self.release();
+                }
+                WorkerMessage::FenceRelayed { token, count } => {
+                    self.durable.borrow_mut().fence_relayed(token, count);
                 }
                 WorkerMessage::Admin(job) => {
                     let now = self.now();
@@ -691,12 +742,45 @@ impl Worker {
 
     /// Shard `from` asks about what this shard did with the messages its batch `token`
     /// forwarded (all handled by now: the fence came behind them).
-    fn fence(&self, from: usize, token: u64, linked: bool) {
+    ///
+    /// What this shard passed on of them to other shards (a shared group's member, the
+    /// copies of a retained message it owns) is stored there: a fence straight from `from`
+    /// is relayed to those shards, behind what went to them, and the batch waits for their
+    /// links or answers too. The linked batch's commit is told to expect their links (this
+    /// link says how many), an unlinked batch to wait for their answers (`FenceRelayed`,
+    /// sent before them). A relayed fence is not relayed again: a shard passes on only
+    /// what it received straight from a publisher's shard.
+    fn fence(&self, from: usize, token: u64, linked: bool, relayed: bool) {
+        let onward = if relayed {
+            Vec::new()
+        } else {
+            self.onward
+                .borrow_mut()
+                .get_mut(from)
+                .map(std::mem::take)
+                .unwrap_or_default()
+        };
         let mut durable = self.durable.borrow_mut();
         if linked {
-            durable.link(from, token);
-        } else if let Some((shard, token)) = durable.fence(from, token) {
-            self.shared.send(shard, WorkerMessage::FenceAnswered(token));
+            durable.link(from, token, onward.len());
+        } else if !onward.is_empty() {
+            let count = onward.len() as u32;
+            self.shared
+                .send(from, WorkerMessage::FenceRelayed { token, count });
+        }
+        for &target in &onward {
+            let message = WorkerMessage::Fence {
+                from,
+                token,
+                linked,
+                relayed: true,
+            };
+            self.shared.send(target, message);
+        }
+        if !linked {
+            if let Some((shard, token)) = durable.fence(from, token) {
+                self.shared.send(shard, WorkerMessage::FenceAnswered(token));
+            }
         }
     }
 
@@ -725,13 +809,29 @@ impl Worker {
         self.after_input();
     }
 
-    /// Messages from other shards, handled as one input.
-    fn shard_messages(self: &Rc<Self>, messages: Vec<ShardMessage>) {
+    /// Messages from the shards `sources`, handled as one input. The shards it passes
+    /// acknowledged messages on to are remembered for each source's next fence (for all of
+    /// them: which source's message went where is not told apart).
+    fn shard_messages(self: &Rc<Self>, sources: &[usize], messages: Vec<ShardMessage>) {
         let now = self.now();
         self.broker
             .borrow_mut()
             .handle_shard_messages(now, messages);
-        self.after_input();
+        let targets = self.after_input();
+        if targets.is_empty() {
+            return;
+        }
+        let mut onward = self.onward.borrow_mut();
+        for &source in sources {
+            if onward.len() <= source {
+                onward.resize_with(source + 1, Vec::new);
+            }
+            for &target in &targets {
+                if !onward[source].contains(&target) {
+                    onward[source].push(target);
+                }
+            }
+        }
     }
 
     fn publish(self: &Rc<Self>, message: Message) {
@@ -740,8 +840,15 @@ impl Worker {
         self.after_input();
     }
 
-    /// Stops accepting, tells every client (DISCONNECT 0x8B to 5.0 clients), and waits a
-    /// little for the writers to flush.
+    /// Stops accepting, tells every client (DISCONNECT 0x8B to 5.0 clients), waits a little
+    /// for the writers to flush, then drains: takes no more input of its own and handles
+    /// what the other shards still hand over until none of them has anything left.
+    ///
+    /// Without the drain, a worker that stopped first would drop what another one forwarded
+    /// to it at that moment: a QoS 2 copy lost while the publisher's exactly-once marker is
+    /// written (the committer, told every shard is gone, would write the marker's batch
+    /// without the link it waited for), so the publisher's re-send after the restart would
+    /// be acknowledged and never delivered.
     async fn shutdown(self: &Rc<Self>, inbox: &mut UnboundedReceiver<WorkerMessage>) {
         self.shutting_down.set(true);
         let now = self.now();
@@ -749,28 +856,63 @@ impl Worker {
         self.after_input();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
-            // The goodbyes may wait for a store commit, reported through the inbox; and the
-            // other shards' commits for this shard's links, which must name the copies of
-            // what they forwarded here.
+            // The goodbyes may wait for a store commit, reported through the inbox.
             while let Ok(message) = inbox.try_recv() {
-                match message {
-                    WorkerMessage::Committed(upto) => self.committed(upto),
-                    WorkerMessage::Shard(messages) => self.shard_messages(messages),
-                    WorkerMessage::Fence {
-                        from,
-                        token,
-                        linked,
-                    } => self.fence(from, token, linked),
-                    WorkerMessage::FenceAnswered(token) => {
-                        self.durable.borrow_mut().fence_answered(token);
-                        self.release();
-                    }
-                    _ => {}
-                }
+                self.while_stopping(message);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.draining.set(true);
+        self.shared.draining.fetch_add(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        loop {
+            while let Ok(message) = inbox.try_recv() {
+                self.while_stopping(message);
+            }
+            if self.shared.drained() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    worker = self.index,
+                    "stopping before the other shards handed over everything; what they \
+                     still forward here is not stored"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         info!(worker = self.index, "stopped");
+    }
+
+    /// An inbox message during a graceful stop: hand-overs from other shards are stored and
+    /// their fences answered (the other shards' commits may wait for this shard's links);
+    /// new connections, publishes and jobs are dropped.
+    fn while_stopping(self: &Rc<Self>, message: WorkerMessage) {
+        match message {
+            WorkerMessage::Committed(upto) => self.committed(upto),
+            WorkerMessage::Shard { from, messages } => {
+                self.shard_messages(&[from], messages);
+                self.shared.handed_over(1);
+            }
+            WorkerMessage::Fence {
+                from,
+                token,
+                linked,
+                relayed,
+            } => {
+                self.fence(from, token, linked, relayed);
+                self.shared.handed_over(1);
+            }
+            WorkerMessage::FenceAnswered(token) => {
+                self.durable.borrow_mut().fence_answered(token);
+                self.release();
+            }
+            WorkerMessage::FenceRelayed { token, count } => {
+                self.durable.borrow_mut().fence_relayed(token, count);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -88,6 +88,9 @@ struct Link {
     upto: u64,
     /// The linked batch: (shard, token).
     of: (usize, u64),
+    /// The shards it passed some of them on to and relayed the fence to: as many more
+    /// links to wait for. Sent before theirs, so counted before they arrive.
+    relayed: usize,
 }
 
 /// The committer thread. Dropping every [`ShardStorage`] and [`Linker`] and then calling
@@ -167,8 +170,8 @@ struct Group {
     later: Vec<VecDeque<(u64, Batch)>>,
     /// Batches put in `later` so far.
     arrivals: u64,
-    /// Links of batches in `later`: (shard, token) → (linking shard, upto).
-    early: HashMap<(usize, u64), Vec<(usize, u64)>>,
+    /// Links of batches in `later`: (shard, token) → (linking shard, upto, relayed).
+    early: HashMap<(usize, u64), Vec<(usize, u64, usize)>>,
     /// When the oldest batch in the group was sent.
     oldest: Option<WallInstant>,
 }
@@ -265,10 +268,12 @@ impl Group {
         }
         let key = (batch.shard, batch.token);
         let arrived = self.early.remove(&key).unwrap_or_default();
-        for &(shard, upto) in &arrived {
+        let mut expected = batch.links.len();
+        for &(shard, upto, relayed) in &arrived {
             raise(&mut self.needed, shard, upto);
+            expected += relayed;
         }
-        let missing = batch.links.len().saturating_sub(arrived.len());
+        let missing = expected.saturating_sub(arrived.len());
         if missing > 0 {
             self.unlinked.insert(key, missing);
         }
@@ -277,17 +282,17 @@ impl Group {
     fn link(&mut self, link: Link) {
         match self.unlinked.get_mut(&link.of) {
             Some(missing) => {
-                *missing -= 1;
+                *missing = (*missing + link.relayed).saturating_sub(1);
                 if *missing == 0 {
                     self.unlinked.remove(&link.of);
                 }
                 raise(&mut self.needed, link.shard, link.upto);
             }
-            None => self
-                .early
-                .entry(link.of)
-                .or_default()
-                .push((link.shard, link.upto)),
+            None => self.early.entry(link.of).or_default().push((
+                link.shard,
+                link.upto,
+                link.relayed,
+            )),
         }
     }
 
@@ -462,12 +467,15 @@ pub struct Linker {
 impl Linker {
     /// Batch `token` of `shard` forwarded messages here, all of them handled by now: it
     /// commits with every batch this shard has sent so far. Call it when the shard's fence
-    /// arrives (behind the messages, in the same inbox).
-    pub fn link(&self, shard: usize, token: u64) {
+    /// arrives (behind the messages, in the same inbox). `relayed`: this shard passed some
+    /// of those messages on to that many other shards and relays the fence to them (after
+    /// this call), so the batch also waits for their links.
+    pub fn link(&self, shard: usize, token: u64, relayed: usize) {
         let _ = self.sender.send(Item::Link(Link {
             shard: self.shard,
             upto: self.tokens.sent(),
             of: (shard, token),
+            relayed,
         }));
     }
 }
@@ -703,7 +711,16 @@ mod tests {
     }
 
     fn link(shard: usize, upto: u64, of: (usize, u64)) -> Item {
-        Item::Link(Link { shard, upto, of })
+        relayed_link(shard, upto, of, 0)
+    }
+
+    fn relayed_link(shard: usize, upto: u64, of: (usize, u64), relayed: usize) -> Item {
+        Item::Link(Link {
+            shard,
+            upto,
+            of,
+            relayed,
+        })
     }
 
     fn keys(ops: &[Op]) -> Vec<String> {
@@ -775,6 +792,41 @@ mod tests {
         let (ops, tokens) = group.take();
         assert_eq!(keys(&ops), ["0/1", "1/1", "0/2"]);
         assert_eq!(tokens, [2, 1]);
+    }
+
+    #[test]
+    fn a_relayed_link_makes_the_batch_wait_for_the_shards_it_names() {
+        let mut group = Group::default();
+        group.gather(batch(0, 1, &[1]));
+        // Shard 1 owns the shared group: it links, and passes the message on to shard 2.
+        group.close(relayed_link(1, 0, (0, 1), 1));
+        assert!(!group.complete(), "shard 2 holds the member's copy");
+        group.close(batch(2, 1, &[]));
+        group.close(link(2, 1, (0, 1)));
+        assert!(group.complete());
+        let (ops, tokens) = group.take();
+        assert_eq!(keys(&ops), ["0/1", "2/1"]);
+        assert_eq!(tokens, [1, 0, 1]);
+    }
+
+    #[test]
+    fn relayed_links_that_come_before_their_batch_are_counted_when_it_joins() {
+        let mut group = Group::default();
+        group.gather(batch(1, 1, &[2]));
+        group.close(batch(0, 1, &[1]));
+        group.close(relayed_link(1, 1, (0, 1), 1));
+        group.close(link(2, 0, (0, 1)));
+        group.close(link(2, 0, (1, 1)));
+        let (ops, _) = group.take();
+        assert_eq!(keys(&ops), ["1/1"], "0/1 waited after the window");
+        group.resume();
+        assert!(group.complete(), "both of 0/1's links came while it waited");
+        group.gather(batch(0, 2, &[1]));
+        group.close(relayed_link(1, 1, (0, 2), 2));
+        group.close(link(2, 0, (0, 2)));
+        assert!(!group.complete(), "one relayed link still missing");
+        group.close(link(0, 2, (0, 2)));
+        assert!(group.complete());
     }
 
     /// What `sync` asked for: `(seq, Some(item))` puts, `(seq, None)` deletes.
@@ -890,7 +942,7 @@ mod tests {
             Heard::Waiting(batches) => assert_eq!(batches, [(0, 1)]),
             Heard::Committed(..) => panic!("committed without its link"),
         }
-        subscriber.linker().unwrap().link(0, 1);
+        subscriber.linker().unwrap().link(0, 1, 0);
         loop {
             match heard.recv_timeout(patience).unwrap() {
                 Heard::Waiting(_) => continue,

@@ -100,7 +100,7 @@ fn a_linked_batch_waits_for_the_other_shards_link_and_commits_with_its_batches()
     // Shard 1 stores its copy, then its fence from shard 0 arrives.
     subscriber.save_session(session("subscriber", 3600).view());
     assert_eq!(subscriber.commit(), Durability::Pending(1));
-    linker.link(0, 1);
+    linker.link(0, 1, 0);
     let mut seen = [0u64; 2];
     while seen != [1, 1] {
         let (shard, token) = committed.recv_timeout(Duration::from_secs(5)).unwrap();
