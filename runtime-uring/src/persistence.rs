@@ -579,7 +579,10 @@ mod tests {
         // Shard 1 passed the messages on to shards 0 and 2, then answered for itself.
         d.fence_relayed(token, 2);
         d.fence_answered(token);
-        assert!(d.releasable().is_empty(), "shards 0 and 2 have not answered");
+        assert!(
+            d.releasable().is_empty(),
+            "shards 0 and 2 have not answered"
+        );
         d.fence_answered(token);
         assert!(d.releasable().is_empty());
         d.fence_answered(token);

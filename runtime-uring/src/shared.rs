@@ -72,7 +72,10 @@ impl WorkerMessage {
     /// handle: forwarded messages (stored by the target) and fences (which the committer
     /// may wait on for a link).
     fn is_handover(&self) -> bool {
-        matches!(self, WorkerMessage::Shard { .. } | WorkerMessage::Fence { .. })
+        matches!(
+            self,
+            WorkerMessage::Shard { .. } | WorkerMessage::Fence { .. }
+        )
     }
 }
 

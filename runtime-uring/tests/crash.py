@@ -3,13 +3,18 @@ count what arrives after it restarts from its store (pip install paho-mqtt).
 
 Usage: python3 crash.py PETREL_BINARY [--seeds 1,2,3 | --seeds 1..50] [--kills 2]
                         [--messages 3000] [--workers 2] [--qos 1|2] [--config FILE]
+                        [--stop kill|term] [--shared]
 
 For each seed: a broker on a free loopback port with a fresh data directory; ten retained
 messages; a persistent-session subscriber (3.1.1, clean session off) that subscribes once,
 to `crash/q1` at QoS 1 and `crash/q2` at QoS 2, and never again; a persistent-session
 publisher that sends the messages as fast as paho lets it. At random points (drawn from
 the seed) the broker is killed with SIGKILL and restarted on the same port and data
-directory; paho reconnects both clients and resumes their sessions. At the end:
+directory; paho reconnects both clients and resumes their sessions. With `--stop term` the
+broker is stopped gracefully (SIGTERM, waited for) instead: the same counts must hold. With
+`--shared` (three workers or more) the subscriber subscribes through a shared group, and the
+client identifiers and the group name are chosen so that the publisher, the subscriber and
+the group's owner live on three different shards. At the end:
 
 - every QoS 1 message the publisher saw acknowledged arrived at least once;
 - every QoS 2 message the publisher saw acknowledged arrived, and no QoS 2 message arrived
@@ -33,6 +38,33 @@ import time
 import paho.mqtt.client as mqtt
 
 RETAINED = 10
+
+
+def owner_shard(key, shards):
+    """The shard of a client identifier or a shared filter (FNV-1a, as the broker's)."""
+    h = 0xcbf29ce484222325
+    for byte in key.encode():
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h % shards
+
+
+def pick_names(seed, workers, shared):
+    """Client identifiers of publisher and subscriber on different shards, and with
+    `shared` a group whose filters are owned by a third one."""
+    pub = f"crash-pub-{seed}"
+    n = 0
+    while workers > 1 and owner_shard(f"crash-sub-{seed}-{n}", workers) == owner_shard(pub, workers):
+        n += 1
+    sub = f"crash-sub-{seed}-{n}"
+    if not shared:
+        return pub, sub, ["crash/q1", "crash/q2"]
+    taken = {owner_shard(pub, workers), owner_shard(sub, workers)}
+    for g in range(1000):
+        filters = [f"$share/g{g}/crash/q1", f"$share/g{g}/crash/q2"]
+        owners = {owner_shard(f, workers) for f in filters}
+        if len(owners) == 1 and not owners & taken:
+            return pub, sub, filters
+    raise RuntimeError("no group name puts the owner on a third shard")
 
 
 def free_port():
@@ -70,6 +102,10 @@ class Broker:
     def kill9(self):
         self.proc.kill()
         self.proc.wait()
+
+    def terminate(self):
+        self.proc.terminate()
+        self.proc.wait(30)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -169,15 +205,16 @@ def run_seed(args, seed):
             with lock:
                 return {mids[m] for m in acked_mids if m in mids}
 
-        sub = client(f"crash-sub-{seed}", port, on_message=on_message)
+        pub_id, sub_id, filters = pick_names(seed, args.workers, args.shared)
+        sub = client(sub_id, port, on_message=on_message)
         sub.on_subscribe = on_subscribe
         sub.connect("127.0.0.1", port)
         sub.loop_start()
-        sub.subscribe([("crash/q1", 1), ("crash/q2", 2)])
+        sub.subscribe([(filters[0], 1), (filters[1], 2)])
         if not subscribed.wait(10):
             raise RuntimeError("no SUBACK")
 
-        pub = client(f"crash-pub-{seed}", port, on_publish=on_publish)
+        pub = client(pub_id, port, on_publish=on_publish)
         pub.connect("127.0.0.1", port)
         pub.loop_start()
         for k in range(RETAINED):
@@ -196,7 +233,10 @@ def run_seed(args, seed):
                 kill_at.pop(0)
                 # Let some of what was just handed to paho reach the broker mid-flight.
                 time.sleep(rng.uniform(0.0, 0.05))
-                broker.kill9()
+                if args.stop == "term":
+                    broker.terminate()
+                else:
+                    broker.kill9()
                 time.sleep(rng.uniform(0.05, 0.3))
                 restarts.append(broker.start())
             elif i % 200 == 0:
@@ -245,7 +285,7 @@ def run_seed(args, seed):
         print(f"seed {seed}: {args.messages} published, {len(acked)} acknowledged, "
               f"{len(received)} distinct received, {q1_dups} QoS 1 duplicates, "
               f"{pub.kept_pubrel} PUBRELs kept across failed reconnects, "
-              f"{len(restarts)} kills, restarts took "
+              f"{len(restarts)} {'stops' if args.stop == 'term' else 'kills'}, restarts took "
               + ", ".join(f"{t * 1000:.0f} ms" for t in restarts)
               + (" — OK" if not failures else " — FAILED"))
     finally:
@@ -281,7 +321,13 @@ def main():
     parser.add_argument("--config", default=None)
     parser.add_argument("--qos", type=int, choices=[1, 2], default=None,
                         help="publish only at this QoS (default: both, drawn per message)")
+    parser.add_argument("--stop", choices=["kill", "term"], default="kill",
+                        help="kill -9 (default) or stop gracefully with SIGTERM")
+    parser.add_argument("--shared", action="store_true",
+                        help="subscribe through a shared group owned by a third shard")
     args = parser.parse_args()
+    if args.shared and args.workers < 3:
+        parser.error("--shared: three workers or more")
     if args.messages >= 65000:
         parser.error("--messages: below 65000 (paho's message ids must not wrap)")
     seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds or args.seeds.isdigit() \

@@ -7,7 +7,9 @@
 //!
 //! The longer runs, over more seeds and both QoS levels:
 //! `python3 runtime-uring/tests/crash.py target/debug/petrel --seeds 1..31 --kills 3 --qos 2`
-//! (and `--workers 1`, and without `--qos` for both levels mixed).
+//! (and `--workers 1`, and without `--qos` for both levels mixed; `--stop term` stops the
+//! broker gracefully instead, `--workers 3 --shared` goes through a shared group owned by a
+//! third shard).
 
 use std::process::Command;
 
@@ -47,6 +49,23 @@ fn acknowledged_qos2_messages_arrive_exactly_once_after_kill_9() {
         2,
     );
     crash("--seeds 6 --kills 2 --messages 2000 --workers 1 --qos 2", 1);
+}
+
+#[test]
+fn qos2_through_a_shared_group_owned_by_a_third_shard_arrives_exactly_once_after_kill_9() {
+    // Three workers: the publisher, the subscriber and the group's owner each on its own.
+    crash(
+        "--seeds 9,10 --kills 2 --messages 2000 --workers 3 --qos 2 --shared",
+        2,
+    );
+}
+
+#[test]
+fn a_graceful_stop_loses_no_acknowledged_message_and_doubles_no_qos2_one() {
+    crash(
+        "--seeds 7,8 --kills 2 --messages 2000 --workers 2 --stop term",
+        2,
+    );
 }
 
 #[test]

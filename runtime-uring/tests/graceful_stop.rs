@@ -15,10 +15,12 @@ use petrel_state::message::Message;
 const MESSAGES: usize = 4000;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.workers = 2;
+    let mut config = Config {
+        workers: 2,
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     config.listeners[0].bind = Some("127.0.0.1:0".parse().unwrap());
-    config.data_dir = dir.to_path_buf();
     config.sys.interval = 0;
     config.limits.max_queued_messages = 100_000;
     config.limits.max_queued_bytes = 100_000_000;
@@ -55,7 +57,9 @@ fn messages_forwarded_between_shards_at_a_graceful_stop_are_stored() {
     let count = MESSAGES.to_string();
     let lines = Sub::start_on(
         port,
-        &["-c", "-i", &id, "-q", "1", "-t", "drain/#", "-C", &count, "-W", "30"],
+        &[
+            "-c", "-i", &id, "-q", "1", "-t", "drain/#", "-C", &count, "-W", "30",
+        ],
     )
     .lines();
     server.shutdown();

@@ -170,11 +170,14 @@ struct Group {
     later: Vec<VecDeque<(u64, Batch)>>,
     /// Batches put in `later` so far.
     arrivals: u64,
-    /// Links of batches in `later`: (shard, token) → (linking shard, upto, relayed).
-    early: HashMap<(usize, u64), Vec<(usize, u64, usize)>>,
+    /// Links of batches in `later`, by the batch they link: (shard, token).
+    early: HashMap<(usize, u64), Vec<EarlyLink>>,
     /// When the oldest batch in the group was sent.
     oldest: Option<WallInstant>,
 }
+
+/// A link that came before its batch joined: (linking shard, upto, relayed).
+type EarlyLink = (usize, u64, usize);
 
 fn raise(tokens: &mut Vec<u64>, shard: usize, token: u64) {
     if tokens.len() <= shard {
@@ -288,11 +291,12 @@ impl Group {
                 }
                 raise(&mut self.needed, link.shard, link.upto);
             }
-            None => self.early.entry(link.of).or_default().push((
-                link.shard,
-                link.upto,
-                link.relayed,
-            )),
+            None => {
+                self.early
+                    .entry(link.of)
+                    .or_default()
+                    .push((link.shard, link.upto, link.relayed))
+            }
         }
     }
 

@@ -730,8 +730,7 @@ impl Broker {
                     // Every shard sweeps its own copy; only the topic's owner writes the store,
                     // which a newer message set by the owner meanwhile must not lose.
                     for topic in expired {
-                        if owner_shard(&topic, self.config.shard_count) == self.config.shard_index
-                        {
+                        if owner_shard(&topic, self.config.shard_count) == self.config.shard_index {
                             self.storage.set_retained(&topic, None);
                         }
                     }
