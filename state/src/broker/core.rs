@@ -210,8 +210,9 @@ struct ConnState {
     barrier: u32,
     in_ready: bool,
     closed: bool,
-    /// Tokens for the client's PUBLISH packets, when a rate is configured.
-    publish_bucket: Option<TokenBucket>,
+    /// Tokens for the client's PUBLISH packets, when a rate is configured (boxed: without
+    /// one, every connection would keep room for it).
+    publish_bucket: Option<Box<TokenBucket>>,
     /// The client went over its publish rate: the connection is closing.
     rate_exceeded: bool,
 }
@@ -473,7 +474,7 @@ impl Broker {
                 .config
                 .limits
                 .publish_rate
-                .map(|rate| TokenBucket::new(rate, now)),
+                .map(|rate| Box::new(TokenBucket::new(rate, now))),
             rate_exceeded: false,
         });
         let id = match self.free_conns.pop() {
