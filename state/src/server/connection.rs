@@ -1,5 +1,6 @@
 //! The server side of one client connection.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -103,11 +104,23 @@ pub struct ConnectionStats {
     pub publishes_sent: u64,
 }
 
-/// The topic aliases the server gives a 5.0 client's outbound messages: the first topics up
-/// to the client's Topic Alias Maximum keep their alias for the connection's life.
+/// What only some 5.0 connections use: enhanced authentication and topic aliases. Boxed and
+/// made on first use, so that a connection using none of it (every 3.1.1 one) keeps a
+/// pointer for it rather than about 80 bytes.
 #[derive(Debug, Default)]
-struct OutboundAliases {
-    by_topic: BTreeMap<Arc<str>, u16>,
+struct Extras {
+    authentication_method: Option<String>,
+    reauthenticating: bool,
+    inbound_aliases: Vec<Option<Arc<str>>>,
+    /// The topic aliases the server gives the client's outbound messages: the first topics
+    /// up to the client's Topic Alias Maximum keep their alias for the connection's life.
+    outbound_aliases: BTreeMap<Arc<str>, u16>,
+}
+
+/// The enhanced authentication method the connection began with (a field borrow, so that
+/// the other fields stay free).
+fn authentication_method(extras: &Option<Box<Extras>>) -> Option<&str> {
+    extras.as_deref()?.authentication_method.as_deref()
 }
 
 /// The server side of one client connection: CONNECT to DISCONNECT, for MQTT 3.1.1 and 5.0.
@@ -145,10 +158,7 @@ pub struct ServerConnection {
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
     request_response_information: bool,
-    authentication_method: Option<String>,
-    reauthenticating: bool,
-    inbound_aliases: Vec<Option<Arc<str>>>,
-    outbound_aliases: OutboundAliases,
+    extras: Option<Box<Extras>>,
     /// Inbound QoS 1/2 publications handed to the broker and not yet completed.
     inbound_pending: Vec<(PacketId, QoS)>,
     pending_subscribes: Vec<(PacketId, usize)>,
@@ -156,6 +166,13 @@ pub struct ServerConnection {
     stats: ConnectionStats,
     /// Whether every decoded packet is reported as [`ServerEvent::Received`].
     trace_packets: bool,
+}
+
+impl ServerConnection {
+    /// A re-authentication (AUTH 0x19) is under way.
+    fn reauthenticating(&self) -> bool {
+        self.extras.as_deref().is_some_and(|e| e.reauthenticating)
+    }
 }
 
 impl fmt::Debug for ServerConnection {
@@ -196,10 +213,7 @@ impl ServerConnection {
             client_max_packet_size: u32::MAX,
             client_topic_alias_maximum: 0,
             request_response_information: false,
-            authentication_method: None,
-            reauthenticating: false,
-            inbound_aliases: Vec::new(),
-            outbound_aliases: OutboundAliases::default(),
+            extras: None,
             inbound_pending: Vec::new(),
             pending_subscribes: Vec::new(),
             pending_unsubscribes: Vec::new(),
@@ -459,7 +473,7 @@ impl ServerConnection {
             if self.request_response_information {
                 properties.response_information = config.response_information.as_deref();
             }
-            properties.authentication_method = self.authentication_method.as_deref();
+            properties.authentication_method = authentication_method(&self.extras);
             properties.authentication_data = accept.authentication_data.as_deref();
         }
         let connack = Packet::ConnAck(ConnAck {
@@ -522,8 +536,8 @@ impl ServerConnection {
     /// client's answer, which arrives as [`ServerEvent::Auth`].
     pub fn auth_continue(&mut self, _now: Instant, data: &[u8]) -> Result<(), CommandError> {
         let during_connect = self.state == State::PendingAccept && !self.was_connected;
-        let during_reauth = self.state == State::Connected && self.reauthenticating;
-        if !(during_connect || during_reauth) || self.authentication_method.is_none() {
+        let during_reauth = self.state == State::Connected && self.reauthenticating();
+        if !(during_connect || during_reauth) || authentication_method(&self.extras).is_none() {
             return Err(CommandError::InvalidState);
         }
         self.send_auth(ReasonCode::ContinueAuthentication, Some(data));
@@ -535,10 +549,12 @@ impl ServerConnection {
 
     /// Ends a successful re-authentication with AUTH 0x00.
     pub fn auth_success(&mut self, _now: Instant, data: Option<&[u8]>) -> Result<(), CommandError> {
-        if self.state != State::Connected || !self.reauthenticating {
-            return Err(CommandError::InvalidState);
+        match self.extras.as_deref_mut() {
+            Some(extras) if self.state == State::Connected && extras.reauthenticating => {
+                extras.reauthenticating = false;
+            }
+            _ => return Err(CommandError::InvalidState),
         }
-        self.reauthenticating = false;
         self.send_auth(ReasonCode::Success, data);
         Ok(())
     }
@@ -547,7 +563,7 @@ impl ServerConnection {
         let packet = Packet::Auth(Auth {
             reason_code,
             properties: Properties {
-                authentication_method: self.authentication_method.as_deref(),
+                authentication_method: authentication_method(&self.extras),
                 authentication_data: data,
                 ..Properties::default()
             },
@@ -892,9 +908,13 @@ impl ServerConnection {
         self.client_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
         self.client_topic_alias_maximum = props.topic_alias_maximum.unwrap_or(0);
         self.request_response_information = props.request_response_information.unwrap_or(false);
-        self.authentication_method = props.authentication_method.map(String::from);
-        // Grown on first use: most clients never use an alias, and each slot costs 16 bytes.
-        self.inbound_aliases = Vec::new();
+        // The aliases are made on first use: most clients never use one.
+        self.extras = props.authentication_method.map(|method| {
+            Box::new(Extras {
+                authentication_method: Some(String::from(method)),
+                ..Extras::default()
+            })
+        });
         let will = connect.will.as_ref().map(|w| {
             let mut properties = MessageProperties::from_properties(&w.properties, frame, now);
             properties.expires_at = None;
@@ -930,7 +950,8 @@ impl ServerConnection {
     fn handle_auth(&mut self, now: Instant, auth: &Auth<'_>) {
         let method = auth.properties.authentication_method;
         // The method must stay the one the exchange began with (section 4.12).
-        if self.authentication_method.is_none() || method != self.authentication_method.as_deref() {
+        let expected = authentication_method(&self.extras);
+        if expected.is_none() || method != expected {
             return self.fail_auth(now);
         }
         let reauthenticate = match (self.state, auth.reason_code) {
@@ -938,11 +959,16 @@ impl ServerConnection {
                 self.state = State::PendingAccept;
                 false
             }
-            (State::Connected, ReasonCode::ReAuthenticate) if !self.reauthenticating => {
-                self.reauthenticating = true;
+            (State::Connected, ReasonCode::ReAuthenticate) if !self.reauthenticating() => {
+                // Some: the method was checked above.
+                if let Some(extras) = self.extras.as_deref_mut() {
+                    extras.reauthenticating = true;
+                }
                 true
             }
-            (State::Connected, ReasonCode::ContinueAuthentication) if self.reauthenticating => true,
+            (State::Connected, ReasonCode::ContinueAuthentication) if self.reauthenticating() => {
+                true
+            }
             _ => return self.fail_auth(now),
         };
         self.events.push_back(ServerEvent::Auth(AuthRequest {
@@ -1009,10 +1035,11 @@ impl ServerConnection {
                     return self.fail(now, ReasonCode::TopicAliasInvalid);
                 }
                 let index = usize::from(alias) - 1;
-                if index >= self.inbound_aliases.len() {
-                    self.inbound_aliases.resize(index + 1, None);
+                let aliases = &mut self.extras.get_or_insert_with(Box::default).inbound_aliases;
+                if index >= aliases.len() {
+                    aliases.resize(index + 1, None);
                 }
-                let slot = &mut self.inbound_aliases[index];
+                let slot = &mut aliases[index];
                 if publish.topic.is_empty() {
                     match slot {
                         Some(topic) => topic.clone(),
@@ -1362,15 +1389,16 @@ impl ServerConnection {
         {
             return None;
         }
-        if let Some(&alias) = self.outbound_aliases.by_topic.get(topic) {
+        let aliases = &mut self.extras.get_or_insert_with(Box::default).outbound_aliases;
+        if let Some(&alias) = aliases.get(topic) {
             return Some((alias, false));
         }
-        let next = self.outbound_aliases.by_topic.len();
+        let next = aliases.len();
         if next >= usize::from(self.client_topic_alias_maximum) {
             return None;
         }
         let alias = next as u16 + 1;
-        self.outbound_aliases.by_topic.insert(topic.clone(), alias);
+        aliases.insert(topic.clone(), alias);
         Some((alias, true))
     }
 
