@@ -42,6 +42,7 @@ mod auth;
 pub mod bridge;
 pub mod config;
 mod hooks;
+mod idle;
 pub mod http;
 mod limits;
 pub mod passwd;

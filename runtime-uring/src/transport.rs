@@ -242,6 +242,16 @@ impl Stream {
         }
     }
 
+    /// The socket to poll for readiness while the connection is quiet: only plain sockets,
+    /// since TLS and WebSocket streams may hold bytes already taken from theirs.
+    pub(crate) fn pollable_fd(&self) -> Option<i32> {
+        match self {
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
+            Stream::Unix(s) => Some(s.as_raw_fd()),
+            Stream::Tls(_) | Stream::Ws(_) => None,
+        }
+    }
+
     fn raw_fd(&self) -> i32 {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),

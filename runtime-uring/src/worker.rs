@@ -5,7 +5,8 @@
 //! bytes for it, a writer task (writes everything the shard has in one call, and ends when
 //! nothing is left, so an idle connection holds no writer and no write buffer). Everything
 //! on a worker is single-threaded: the shard sits in a `RefCell`, and no lock is taken per
-//! message.
+//! message. A quiet plain-socket connection has no reader either: it waits in the worker's
+//! [`IdleSet`] as a readiness poll, and gets its reader back when bytes arrive.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::hooks::RuntimeHooks;
+use crate::idle::IdleSet;
 use crate::limits::Ticket;
 use crate::persistence::Durable;
 use crate::shared::{Shared, WorkerMessage, WorkerStats};
@@ -91,6 +93,8 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     broker: RefCell<Broker>,
     conns: RefCell<HashMap<ConnectionId, Rc<ConnIo>>>,
+    /// Quiet connections, without a reader task or a read buffer until they are readable.
+    idle: IdleSet<(ConnectionId, Rc<ConnIo>)>,
     timer: Notify,
     /// The deadline the timer task sleeps until (`None`: no deadline).
     timer_armed: Cell<Option<Instant>>,
@@ -133,6 +137,7 @@ impl Worker {
             shared,
             broker: RefCell::new(broker),
             conns: RefCell::new(HashMap::new()),
+            idle: IdleSet::new(),
             timer: Notify::new(),
             timer_armed: Cell::new(None),
             shutting_down: Cell::new(false),
@@ -185,6 +190,7 @@ impl Worker {
             tokio_uring::spawn(self.clone().accept_unix(listener));
         }
         tokio_uring::spawn(self.clone().timer_loop());
+        tokio_uring::spawn(self.clone().idle_loop());
         if self.durable.borrow().backlog().is_some() {
             tokio_uring::spawn(self.clone().durability_watchdog());
         }
@@ -389,9 +395,14 @@ impl Worker {
     }
 
     /// Keeps one read posted on the connection and hands what arrives to the shard, until
-    /// the connection ends.
+    /// the connection ends or goes quiet: a quiet plain socket is parked in the worker's
+    /// [`IdleSet`] and this task ends.
     async fn read_loop(self: Rc<Self>, id: ConnectionId, io: Rc<ConnIo>) {
         let mut buf = Vec::with_capacity(MIN_READ);
+        // The last read did not fill even the smallest buffer: the peer has nothing more
+        // to say for now. A busy peer's reads keep a larger buffer and never park, so
+        // io_uring's batched reads are kept for them.
+        let mut quiet = false;
         loop {
             if io.closing.get() {
                 break;
@@ -399,6 +410,12 @@ impl Worker {
             if !self.broker.borrow().wants_read(id) {
                 io.readable.notified().await;
                 continue;
+            }
+            if quiet {
+                if let Some(fd) = io.stream.pollable_fd() {
+                    self.idle.park(fd, (id, io));
+                    return;
+                }
             }
             let (result, mut filled) = io.stream.read(buf).await;
             match result {
@@ -419,12 +436,25 @@ impl Worker {
                     if next != capacity {
                         filled = Vec::with_capacity(next);
                     }
+                    quiet = next == MIN_READ;
                     if next == MIN_READ {
                         self.broker.borrow_mut().release_spare_capacity(id);
                     }
                     filled.clear();
                     buf = filled;
                 }
+            }
+        }
+    }
+
+    /// Gives parked connections their reader back as their sockets become readable.
+    async fn idle_loop(self: Rc<Self>) {
+        loop {
+            let (id, io) = self.idle.next().await;
+            // A connection the shard closed meanwhile is its writer's to finish: the shut
+            // down socket is what woke the poll.
+            if !io.closing.get() {
+                tokio_uring::spawn(self.clone().read_loop(id, io));
             }
         }
     }
