@@ -1389,7 +1389,10 @@ impl ServerConnection {
         {
             return None;
         }
-        let aliases = &mut self.extras.get_or_insert_with(Box::default).outbound_aliases;
+        let aliases = &mut self
+            .extras
+            .get_or_insert_with(Box::default)
+            .outbound_aliases;
         if let Some(&alias) = aliases.get(topic) {
             return Some((alias, false));
         }
