@@ -76,6 +76,11 @@ impl Accepted {
 /// The smallest read buffer, posted while a connection is idle: an idle connection holds
 /// this much, not a full-size buffer (tokio-uring 0.5 has no provided-buffer rings).
 const MIN_READ: usize = 64;
+/// Rounds of hand-overs between the shards at start-up, before any client is served: the
+/// longest chain a restored state starts is a shared subscription's (member's shard → group
+/// owner → every other shard).
+const RESTORE_ROUNDS: usize = 2;
+
 /// Accepts each worker keeps posted per TCP listener. More than one: in a burst of new
 /// connections, every completion of a scheduling round is an accepted socket, rather than
 /// one per round with the next accept posted only after it.
@@ -165,18 +170,22 @@ impl Worker {
     ) {
         // The subscriptions every shard restored reach the other shards before any client
         // is served: a publish must not miss a restored subscriber that lives elsewhere.
+        // Two rounds, because a restored shared subscription takes two hops: its session's
+        // shard tells the group's owner, and only then does the owner announce its interest
+        // to the publishers' shards. With one round, a publisher served at once after a
+        // restart could be acknowledged for messages its shard did not forward to the group.
         self.after_input();
-        restored.wait();
         let mut early = None;
-        while let Ok(message) = inbox.try_recv() {
-            match message {
-                WorkerMessage::Shard { from, messages } => {
-                    self.shard_messages(&[from], messages);
-                    self.shared.handed_over(1);
-                }
-                other => {
-                    early = Some(other);
-                    break;
+        for _ in 0..RESTORE_ROUNDS {
+            restored.wait();
+            while early.is_none() {
+                match inbox.try_recv() {
+                    Ok(WorkerMessage::Shard { from, messages }) => {
+                        self.shard_messages(&[from], messages);
+                        self.shared.handed_over(1);
+                    }
+                    Ok(other) => early = Some(other),
+                    Err(_) => break,
                 }
             }
         }
