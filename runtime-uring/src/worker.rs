@@ -744,23 +744,10 @@ impl Worker {
                     })));
                 }
                 WorkerMessage::Publish(message) => self.publish(message),
-                WorkerMessage::Committed(upto) => self.committed(upto),
-                WorkerMessage::Fence {
-                    from,
-                    token,
-                    linked,
-                    relayed,
-                } => {
-                    self.fence(from, token, linked, relayed);
-                    self.shared.handed_over(1);
-                }
-                WorkerMessage::FenceAnswered(token) => {
-                    self.durable.borrow_mut().fence_answered(token);
-                    self.release();
-                }
-                WorkerMessage::FenceRelayed { token, count } => {
-                    self.durable.borrow_mut().fence_relayed(token, count);
-                }
+                message @ (WorkerMessage::Committed(_)
+                | WorkerMessage::Fence { .. }
+                | WorkerMessage::FenceAnswered(_)
+                | WorkerMessage::FenceRelayed { .. }) => self.durability_message(message),
                 WorkerMessage::Admin(job) => {
                     let now = self.now();
                     job(&mut self.broker.borrow_mut(), now);
@@ -929,11 +916,20 @@ impl Worker {
     /// new connections, publishes and jobs are dropped.
     fn while_stopping(self: &Rc<Self>, message: WorkerMessage) {
         match message {
-            WorkerMessage::Committed(upto) => self.committed(upto),
             WorkerMessage::Shard { from, messages } => {
                 self.shard_messages(&[from], messages);
                 self.shared.handed_over(1);
             }
+            other => self.durability_message(other),
+        }
+    }
+
+    /// The store's commits and the other shards' fences, which the running loop and a
+    /// graceful stop both answer (other shards' commits may wait for them); any other
+    /// message is not this method's and is dropped.
+    fn durability_message(self: &Rc<Self>, message: WorkerMessage) {
+        match message {
+            WorkerMessage::Committed(upto) => self.committed(upto),
             WorkerMessage::Fence {
                 from,
                 token,
